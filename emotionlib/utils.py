@@ -75,3 +75,32 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (Hopper/Ampere tensor cores); a no-op elsewhere, so CPU runs stay in fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        return False
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, **kw):
+    """tqdm that stays readable everywhere: a widget in JupyterLab, a live bar on a terminal, and in logs
+    (papermill, CI) a line every 30 s instead of thousands of carriage returns."""
+    import sys
+
+    from tqdm.auto import tqdm as auto_tqdm
+    from tqdm.std import tqdm as std_tqdm
+
+    if in_notebook():
+        return auto_tqdm(total=total, desc=desc, disable=not enabled, **kw)
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return std_tqdm(total=total, desc=desc, disable=not enabled, mininterval=0.1 if tty else 30.0,
+                    ascii=not tty, dynamic_ncols=tty, **kw)

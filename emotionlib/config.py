@@ -1,0 +1,169 @@
+"""Configuration as data: dataclasses whose defaults are the paper's values, and named profiles.
+
+`paper` is Sec. 4.1 as printed (375-px crops, SGD lr 1e-3, batch 64, RMSprop 1e-4, lambda 0.5, mu 1) for a GPU;
+`smoke` keeps the same feature-map geometry (45/22/10/4 after the pools) at 96 px with fewer channels, so the
+whole multi-stage training runs on two CPU cores in about a minute on the built-in synthetic data.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+from .model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    resize: int = 400  # (ours) shorter side before cropping; the paper gives only the crop
+    crop: int = 375  # Sec. 4.1: "cropped as 375x375 from the corners and the center"
+    split: tuple[float, float, float] = (0.80, 0.15, 0.05)  # Sec. 4.3: train / test / val
+    split_seed: int = 0
+    same_fraction: float = 0.5  # (ours) share of same-class pairs for the contrastive loss
+    num_workers: int = 8
+    cache: bool = False  # keep decoded, resized images in memory (the smoke profile does)
+    max_pixels: int = 89_478_485  # PIL's decompression-bomb limit
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # Sec. 4.1
+    lr: float = 1e-3  # Sec. 4.1: SGD for the CNN
+    momentum: float = 0.9  # (ours) Torch7's optim.sgd default is 0; the paper says "default setting"
+    weight_decay: float = 0.0  # Torch7 default
+    stage_epochs: int = 20  # (ours) epochs per branch stage; the paper does not say
+    lr_step: int = 10  # Sec. 4.1: "a staircase weight decay is applied after 10 epoches"
+    lr_gamma: float = 0.1  # (ours) the staircase factor
+    fusion_epochs: int = 20  # (ours)
+    fusion_lr: float = 1e-4  # Sec. 4.1: RMSprop for the Bi-GRU
+    finetune_lr: float = 1e-4  # (ours) "a relatively small learning rate" for the CNN; 0 freezes it
+    reg_lambda: float = 0.5  # Eq. 11: lambda
+    reg_squared: bool = False  # Eq. 11 prints the norm; True uses its square (weight-decay reading)
+    margin: float = 1.0  # Eq. 4: mu
+    contrastive_weight: float = 1.0  # Eq. 5 sums both objectives with weight 1
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA only
+    channels_last: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    eval_every: int = 1  # validate every N epochs
+
+
+@dataclass
+class Config:
+    profile: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        def build(kind, values):
+            names = {f.name: f for f in fields(kind)}
+            unknown = set(values) - set(names)
+            if unknown:
+                raise ConfigError(f"unknown {kind.__name__} field(s): {', '.join(sorted(unknown))}")
+            kw = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            return kind(**kw)
+
+        return cls(profile=d.get("profile", "paper"), data=build(DataConfig, d.get("data", {})),
+                   model=build(ModelConfig, d.get("model", {})), train=build(TrainConfig, d.get("train", {})))
+
+
+def _paper() -> Config:
+    return Config(profile="paper")
+
+
+def _smoke() -> Config:
+    return Config(
+        profile="smoke",
+        data=DataConfig(resize=104, crop=96, num_workers=0, cache=True),
+        # conv1 5x5 stride 1 on 96 px gives 92 -> pools of 45/22/10/4, the maps 11x11/4 gives on 375 px
+        model=ModelConfig(width=0.125, conv1_kernel=5, conv1_stride=1, branch_channels=32, branch_fc=256,
+                          branch_feature=128, main_fc=256, fused_feature=128, rnn_hidden=128),
+        train=TrainConfig(batch_size=32, lr=0.01, stage_epochs=3, lr_step=2, fusion_epochs=4, fusion_lr=1e-3,
+                          finetune_lr=1e-3),
+    )
+
+
+def _tiny() -> Config:
+    """For tests: seconds, not minutes. Same code paths, 48-px crops."""
+    return Config(
+        profile="tiny",
+        data=DataConfig(resize=52, crop=48, num_workers=0, cache=True),
+        model=ModelConfig(width=0.0625, conv1_kernel=3, conv1_stride=1, branch_channels=8, branch_pool=2,
+                          branch_fc=32, branch_feature=16, main_fc=32, fused_feature=16, rnn_hidden=16),
+        train=TrainConfig(batch_size=8, lr=0.01, stage_epochs=1, lr_step=1, fusion_epochs=1, fusion_lr=1e-3,
+                          finetune_lr=1e-3),
+    )
+
+
+PROFILES = {"smoke": _smoke, "paper": _paper, "tiny": _tiny}
+
+
+def get_config(profile: str = "smoke", **overrides: Any) -> Config:
+    """A profile with dotted overrides, e.g. get_config("smoke", **{"train.seed": 1, "model.variant": "gru"})."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    cfg = PROFILES[profile]()
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.partition(".")
+        if section not in ("data", "model", "train") or not name:
+            raise ConfigError(f"override {key!r}: use data.NAME, model.NAME or train.NAME")
+        part = getattr(cfg, section)
+        if name not in {f.name for f in fields(part)}:
+            raise ConfigError(f"override {key!r}: {type(part).__name__} has no field {name!r}")
+        cfg = replace(cfg, **{section: replace(part, **{name: value})})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    d, t = cfg.data, cfg.train
+    if d.crop < 1 or d.resize < d.crop:
+        raise ConfigError(f"data.resize={d.resize} must be at least data.crop={d.crop}: the five crops must fit")
+    if t.batch_size < 2 or t.batch_size % 2:
+        raise ConfigError(f"train.batch_size={t.batch_size}: the contrastive loss needs an even batch of at least one pair")
+    if not 0 <= d.same_fraction <= 1:
+        raise ConfigError(f"data.same_fraction={d.same_fraction} must lie in [0, 1]")
+    if abs(sum(d.split) - 1) > 1e-6 or min(d.split) < 0:
+        raise ConfigError(f"data.split={d.split} must be three non-negative fractions summing to 1")
+    if t.stage_epochs < 0 or t.fusion_epochs < 0:
+        raise ConfigError("epochs must be non-negative")
+    if t.finetune_lr < 0 or t.lr <= 0 or t.fusion_lr <= 0:
+        raise ConfigError("learning rates must be positive (finetune_lr may be 0 to freeze the CNN)")
+    cfg.model.validate()
+    from .model import feature_map_sizes
+
+    feature_map_sizes(cfg.model, d.crop)
+    return cfg
+
+
+def config_diff(a: Config, b: Config) -> list[str]:
+    """Dotted names whose values differ (device and worker count are allowed to change on resume)."""
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    ignore = {"train.device", "data.num_workers"}
+    return sorted(k for k in fa.keys() | fb.keys() if k not in ignore and fa.get(k) != fb.get(k))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+__all__ = ["Config", "DataConfig", "TrainConfig", "ModelConfig", "PROFILES", "get_config", "apply_overrides",
+           "validate", "config_diff"]

@@ -1,0 +1,61 @@
+"""Metrics of Sec. 4.3-4.4: accuracy (Table 1), row-normalised confusion (Fig. 6), true-positive rate per class
+(Fig. 7-8), and five-crop evaluation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .utils import autocast
+
+
+def confusion_matrix(targets, preds, num_classes: int, normalize: bool = True) -> np.ndarray:
+    """Rows are true classes, columns predictions; `normalize` divides each row by its count (Fig. 6)."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(cm, (np.asarray(targets, dtype=int), np.asarray(preds, dtype=int)), 1)
+    if normalize:
+        rows = cm.sum(axis=1, keepdims=True)
+        cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    return cm
+
+
+def per_class_tpr(targets, preds, num_classes: int) -> np.ndarray:
+    """True-positive rate (recall) of each class: the diagonal of the row-normalised confusion matrix."""
+    return np.diag(confusion_matrix(targets, preds, num_classes, normalize=True))
+
+
+def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dict:
+    preds = probs.argmax(axis=1)
+    targets = np.asarray(targets)
+    n = len(classes)
+    tpr = per_class_tpr(targets, preds, n)
+    return {
+        "accuracy": float((preds == targets).mean()) if len(targets) else float("nan"),
+        "per_class_tpr": {c: float(t) for c, t in zip(classes, tpr)},
+        "mean_tpr": float(tpr.mean()),
+        "confusion": confusion_matrix(targets, preds, n).round(6).tolist(),
+        "n": int(len(targets)),
+    }
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | None = None,
+                  amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class probabilities averaged over the five crops of each image (Sec. 4.1's corner and centre crops).
+
+    `heads=None` scores the variant's final output; a branch key ("branch1", ..., "main") scores that branch's
+    own classifier. Returns (probs [N, C], targets [N], dataset indices [N]).
+    """
+    model.eval()
+    all_p, all_y, all_i = [], [], []
+    for x, y, idx in loader:
+        x = x.to(device, non_blocking=True)
+        b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
+        x = x.reshape(-1, *x.shape[-3:])
+        with autocast(device, amp):
+            logits = model(x) if heads is None else model.extract(x, [heads])[heads][1]
+        p = torch.softmax(logits.float(), dim=1).reshape(b, crops, -1).mean(1)
+        all_p.append(p.cpu())
+        all_y.append(y)
+        all_i.append(idx)
+    return torch.cat(all_p).numpy(), torch.cat(all_y).numpy(), torch.cat(all_i).numpy()
