@@ -650,15 +650,23 @@ class EmotionDataset(torch.utils.data.Dataset):
         self.resize, self.crop, self.train = int(resize), int(crop), bool(train)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.seed, self.epoch, self.max_pixels = int(seed), 0, max_pixels
+        self.seed, self.max_pixels = int(seed), max_pixels
+        # The epoch lives in shared memory so that persistent DataLoader workers see set_epoch too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose crops and flips __getitem__ draws."""
-        self.epoch = int(epoch)
+        """Choose the epoch whose crops and flips __getitem__ draws (also in already running workers)."""
+        if not 0 <= epoch < 2**63:
+            raise ConfigError(f"epoch={epoch}: must be a non-negative 63-bit integer")
+        self._epoch.fill_(int(epoch))
 
     def resized(self, i: int) -> torch.Tensor:
         """Sample i as a uint8 tensor (3, H, W) whose shorter side is `resize`."""
@@ -677,7 +685,7 @@ class EmotionDataset(torch.utils.data.Dataset):
 
     def choice(self, i: int) -> tuple[int, bool]:
         """The training crop (0-4, FiveCrop order) and mirror flag for sample i in the current epoch."""
-        g = np.random.default_rng((self.seed, self.epoch, i))
+        g = np.random.default_rng((self.seed, self.epoch, int(i)))
         return int(g.integers(5)), bool(g.random() < 0.5)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:

@@ -349,10 +349,12 @@ def test_train_crop_is_one_of_five_maybe_mirrored_and_seeded(tmp_path):
 
 def test_train_crops_independent_of_workers(tmp_path):
     ds = dataset(tmp_path, train=True, seed=1, cache=False)
-    ds.set_epoch(2)
-    one = torch.cat([x for x, _, _ in torch.utils.data.DataLoader(ds, batch_size=1, num_workers=0)])
-    two = torch.cat([x for x, _, _ in torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2)])
-    assert torch.equal(one, two)
+    epochs = lambda loader: [torch.cat([x for x, _, _ in (ds.set_epoch(e), loader)[1]]) for e in (2, 9)]  # noqa: E731
+    serial = epochs(torch.utils.data.DataLoader(ds, batch_size=1, num_workers=0))
+    # persistent workers hold their own copy of the dataset: set_epoch must still reach them
+    workers = epochs(torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, persistent_workers=True))
+    assert all(torch.equal(a, b) for a, b in zip(serial, workers))
+    assert not torch.equal(serial[0], serial[1])
 
 
 def test_dataset_config_errors(tmp_path):
