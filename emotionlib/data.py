@@ -281,18 +281,18 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
     return _build_index(root, labelled, skipped, max_pixels, progress, str(root))
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of a CSV as dicts keyed by lower-cased, stripped column names (a BOM from Excel is dropped)."""
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The lower-cased header and the non-blank rows as (line number, {column: stripped value})."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drop the BOM that Excel writes
     except UnicodeDecodeError:
         text = path.read_text(encoding="latin-1")  # the norms tables exported from old spreadsheets
     reader = csv.reader(io.StringIO(text))
-    rows = [r for r in reader if any(c.strip() for c in r)]
+    rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
     if not rows:
         raise DataError(f"{path}: empty CSV; expected a header row")
-    header = [c.strip().lower() for c in rows[0]]
-    return header, [dict(zip(header, (c.strip() for c in r))) for r in rows[1:]]
+    header = [c.strip().lower() for c in rows[0][1]]
+    return header, [(n, dict(zip(header, (c.strip() for c in r)))) for n, r in rows[1:]]
 
 
 def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequence[str] | None,
@@ -309,7 +309,7 @@ def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequ
     base = csv_path.parent if base is None else Path(base)
     known = set(classes) if classes is not None else None
     out, seen = [], {}
-    for n, row in enumerate(rows, start=2):  # line numbers as an editor shows them (header = line 1)
+    for n, row in rows:
         rel, label, split = row.get("path", ""), row.get("label", "").lower(), row.get("split") or None
         if not rel:
             raise DataError(f"{csv_path}: line {n} has an empty path")
@@ -342,17 +342,22 @@ def scan_manifest(csv_path: str | os.PathLike, *, classes: Sequence[str] | None 
     """Index a CSV manifest `path,label[,split]`; paths are relative to the CSV's folder, or absolute.
 
     Every image is decoded once (bad ones go to `.skipped`). A missing file, a repeated path, an empty
-    label, or a label outside `classes` (when given) is a DataError naming the file and line.
+    label, or a label outside `classes` (when given; they then are the index's classes, in that order) is a
+    DataError naming the file and line.
     """
     base, labelled = _read_manifest(csv_path, None, classes, need_split=False)
-    return _build_index(base, labelled, [], max_pixels, progress, str(csv_path))
+    index = _build_index(base, labelled, [], max_pixels, progress, str(csv_path))
+    if classes is not None:
+        index.classes = list(classes)
+    return index
 
 
-def scan_artphoto(root: str | os.PathLike, **kw) -> DatasetIndex:
+def scan_artphoto(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  progress: bool = False) -> DatasetIndex:
     """Index ArtPhoto (Machajdik & Hanbury 2010): a flat folder of <emotion>_<n>.jpg, where `sad` is sadness.
 
     Lenient about names: any case, and `_`, `-`, a space or nothing before the number (`Sad 12.JPG`,
-    `fear3.jpg`). Keyword arguments as scan_folder (max_pixels, progress).
+    `fear3.jpg`). Every image is decoded once, as in scan_folder.
     """
     root = _check_dir(root, "ArtPhoto folder")
     labelled, skipped = [], []
@@ -367,8 +372,7 @@ def scan_artphoto(root: str | os.PathLike, **kw) -> DatasetIndex:
             skipped.append((p, "file name is not <emotion>_<n> (e.g. sad_12.jpg)"))
     if not labelled:
         raise DataError(f"{root}: no ArtPhoto images found; expected files named <emotion>_<n>.jpg")
-    return _build_index(root, labelled, skipped, kw.get("max_pixels", DEFAULT_MAX_PIXELS),
-                        kw.get("progress", False), f"ArtPhoto {root}")
+    return _build_index(root, labelled, skipped, max_pixels, progress, f"ArtPhoto {root}")
 
 
 # Mikels et al. (2005), negative table: single-letter category codes; blends like "DF" are not one emotion.
@@ -396,7 +400,8 @@ def _picture_key(text: str) -> str | None:
     return f"{whole}.{frac}" if frac else whole
 
 
-def _iaps_norms(negative_csv: Path, positive_csv: Path) -> tuple[dict[str, str], dict[str, str]]:
+def _iaps_norms(negative_csv: str | os.PathLike,
+                positive_csv: str | os.PathLike) -> tuple[dict[str, str], dict[str, str]]:
     """Picture number -> emotion, and picture number -> why it has none (blends, U, ties)."""
     labels: dict[str, str] = {}
     reasons: dict[str, str] = {}
@@ -413,70 +418,73 @@ def _iaps_norms(negative_csv: Path, positive_csv: Path) -> tuple[dict[str, str],
         else:
             reasons[key] = reason or "no emotion"
 
-    for path in (negative_csv, positive_csv):
-        if not Path(path).is_file():
+    neg, pos = Path(negative_csv), Path(positive_csv)
+    for path in (neg, pos):
+        if not path.is_file():
             raise DataError(f"{path}: norms file does not exist; export the Mikels et al. (2005) table as CSV "
                             "(see data/README.md)")
-    header, rows = _read_csv(Path(negative_csv))
+    header, rows = _read_csv(neg)
     pic = _find_col(header, _PICTURE_COLUMNS)
     cat = _find_col(header, ("category", "cat", "emotioncategory", "categories"))
     if pic is None or cat is None:
-        raise DataError(f"{negative_csv}: needs a picture-number column (e.g. IAPS, Slide, picture, id) and a "
+        raise DataError(f"{neg}: needs a picture-number column (e.g. IAPS, Slide, picture, id) and a "
                         f"Category column; found {', '.join(header)}")
-    for row in rows:
+    for _, row in rows:
         key = _picture_key(row.get(pic, ""))
         if key is None:
             continue  # footnotes and blank spreadsheet rows
         code = re.sub(r"[^A-Z]", "", row.get(cat, "").upper())
         if code in IAPS_NEGATIVE_CODES:
-            put(Path(negative_csv), key, IAPS_NEGATIVE_CODES[code], None)
+            put(neg, key, IAPS_NEGATIVE_CODES[code], None)
         elif code == "U":
-            put(Path(negative_csv), key, None, "category U (undifferentiated) is not a single-emotion image")
+            put(neg, key, None, "category U (undifferentiated) is not a single-emotion image")
         elif code and set(code) <= set(IAPS_NEGATIVE_CODES):
             names = "+".join(IAPS_NEGATIVE_CODES[c] for c in code)
-            put(Path(negative_csv), key, None, f"category {code} is a blend ({names}), not a single-emotion image")
+            put(neg, key, None, f"category {code} is a blend ({names}), not a single-emotion image")
         else:
-            put(Path(negative_csv), key, None, f"unknown category code {row.get(cat, '')!r} in {Path(negative_csv).name}")
+            put(neg, key, None, f"unknown category code {row.get(cat, '')!r} in {neg.name}")
 
-    header, rows = _read_csv(Path(positive_csv))
+    header, rows = _read_csv(pos)
     pic = _find_col(header, _PICTURE_COLUMNS)
     cols = {e: _find_col(header, (e + "mean", "mean" + e, e + "m", e + "avg", e + "average", e))
             for e in IAPS_POSITIVE}
     absent = [e for e, c in cols.items() if c is None]
     if pic is None or absent:
-        raise DataError(f"{positive_csv}: needs a picture-number column and mean ratings for "
+        raise DataError(f"{pos}: needs a picture-number column and mean ratings for "
                         f"{', '.join(IAPS_POSITIVE)} (e.g. AmusementMean); missing "
                         f"{', '.join(absent) if absent else 'the picture-number column'}")
-    for row in rows:
+    for _, row in rows:
         key = _picture_key(row.get(pic, ""))
         if key is None:
             continue
         try:
-            means = {e: float(row[c]) for e, c in cols.items()}
-        except (TypeError, ValueError):
-            put(Path(positive_csv), key, None, f"non-numeric mean rating in {Path(positive_csv).name}")
+            means = {e: float(row.get(c, "")) for e, c in cols.items()}
+        except ValueError:
+            means = {}
+        if len(means) < len(cols) or not all(map(math.isfinite, means.values())):
+            put(pos, key, None, f"a missing or non-numeric mean rating in {pos.name}")
             continue
         best = max(means.values())
         top = [e for e in IAPS_POSITIVE if means[e] == best]
         if len(top) == 1:
-            put(Path(positive_csv), key, top[0], None)
+            put(pos, key, top[0], None)
         else:
-            put(Path(positive_csv), key, None, f"tie between {' and '.join(top)} (mean {best:g}): no single emotion")
+            put(pos, key, None, f"tie between {' and '.join(top)} (mean {best:g}): no single emotion")
     return labels, reasons
 
 
 def scan_iaps(image_dir: str | os.PathLike, negative_csv: str | os.PathLike, positive_csv: str | os.PathLike,
-              *, min_count: int = 10, **kw) -> DatasetIndex:
+              *, min_count: int = 10, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> DatasetIndex:
     """Index the IAPS-subset: images named by IAPS picture number, labelled by the Mikels et al. (2005) norms.
 
     Negative pictures take their single-letter Category (A anger, D disgust, F fear, S sadness); blends
     (`DF`) and `U` are skipped with that reason. Positive pictures take the emotion with the highest mean
     rating (amusement, awe, contentment, excitement); ties are skipped. A class with fewer than `min_count`
     images is dropped with a warning - the paper (Sec. 4.4) drops anger, which has 8.
-    Keyword arguments as scan_folder (max_pixels, progress).
+    Every labelled image is decoded once, as in scan_folder.
     """
     root = _check_dir(image_dir, "IAPS image folder")
-    labels, reasons = _iaps_norms(Path(negative_csv), Path(positive_csv))
+    labels, reasons = _iaps_norms(negative_csv, positive_csv)
     labelled, skipped = [], []
     for p in _files(root):
         key = _picture_key(p.stem)
@@ -490,8 +498,7 @@ def scan_iaps(image_dir: str | os.PathLike, negative_csv: str | os.PathLike, pos
             skipped.append((p, reasons.get(key, f"picture {key} is in neither norms file")))
     if not labelled:
         raise DataError(f"{root}: no image matches a picture number in the norms files")
-    index = _build_index(root, labelled, skipped, kw.get("max_pixels", DEFAULT_MAX_PIXELS),
-                         kw.get("progress", False), f"IAPS {root}")
+    index = _build_index(root, labelled, skipped, max_pixels, progress, f"IAPS {root}")
     counts = index.counts()
     small = [c for c in index.classes if counts[c] < min_count]
     for c in small:

@@ -96,12 +96,14 @@ def test_manifest_relative_absolute_and_split(tmp_path):
     assert index.classes == ["awe", "fear"]
     assert [(s.path, s.label, s.width, s.height, s.split) for s in index.samples] == [
         (a, "awe", 9, 5, "train"), (b, "fear", 4, 6, "test")]
+    assert scan_manifest(m, classes=["fear", "awe", "joy"]).targets == [1, 0]   # the given order
 
 
 @pytest.mark.parametrize("body, message", [
     ("a.png,awe\nmissing.png,fear\n", "missing.png: listed in"),
     ("a.png,awe\nb.png,fera\n", "unknown label 'fera'"),
     ("a.png,awe\nb.png,\n", "line 3 .*empty label"),
+    ("a.png,awe\n\nb.png,\n", "line 4 .*empty label"),          # line numbers as an editor counts them
     ("a.png,awe\na.png,fear\n", "line 3 repeats a.png"),
     ("a.png,awe,tarin\nb.png,fear,test\n", "unknown split 'tarin'"),
 ])
@@ -159,6 +161,11 @@ def make_iaps(tmp_path, anger=8):
     for k in range(10):  # excitement wins; decimal picture numbers
         pos.append((f"7{k}.1", "1.0", "1.0", "1.0", "1.0", "6.0"))
         write_image(img / f"7{k}.1.png", size=(8, 8))
+    pos.append(("5000", "n/a", "1", "2", "3", "4"))            # a rating missing
+    write_image(img / "5000.jpg", size=(8, 8))
+    neg.append(("6000", "F"))                                  # in both tables
+    pos.append(("6000", "1", "1", "2", "3", "4"))
+    write_image(img / "6000.jpg", size=(8, 8))
     write_image(img / "9999.jpg", size=(8, 8))    # in neither norms file
     write_image(img / "IAPS_1.jpg", size=(8, 8))  # not a picture number
     for name, rows in (("negative.csv", neg), ("positive.csv", pos)):
@@ -179,6 +186,8 @@ def test_iaps(tmp_path):
     assert reasons["1029.jpg"].startswith("category U (undifferentiated)")
     assert reasons["2352.2.jpg"].startswith("tie between amusement and awe")
     assert reasons["9999.jpg"] == "picture 9999 is in neither norms file"
+    assert reasons["5000.jpg"] == "a missing or non-numeric mean rating in positive.csv"
+    assert reasons["6000.jpg"] == "picture 6000 is listed more than once in the norms (negative.csv, positive.csv)"
     assert "not an IAPS picture number" in reasons["IAPS_1.jpg"]
     anger = [r for r in reasons.values() if r.startswith("class anger dropped")]
     assert len(anger) == 8 and anger[0] == "class anger dropped: 8 image(s) < min_count=10"
@@ -237,7 +246,8 @@ def test_split_round_trip(fi_folder, tmp_path):
     train, test, val = back.subset("train"), back.subset("test"), back.subset("val")
     assert len(train) + len(test) + len(val) == len(index)
     assert not {s.path for s in train.samples} & {s.path for s in test.samples}
-    assert train.classes == index.classes and train.counts() == {"amusement": 2, "fear": 1, "sadness": 3}  # fear 1.5/.75/.75 -> 1/1/1
+    # amusement 2/1/1, fear 1.5/.75/.75 -> 1/1/1 (largest remainders), sadness 2.5/1.25/1.25 -> 3/1/1
+    assert train.classes == index.classes and train.counts() == {"amusement": 2, "fear": 1, "sadness": 3}
     with pytest.raises(ConfigError, match="'dev' not in this index"):
         back.subset("dev")
     with pytest.raises(DataError, match="no split column"):
