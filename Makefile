@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make reproduce   set up .venv, generate the built-in data if missing, run the notebook pipeline on it
+#   make test        the same set-up, then the whole test suite (unit tests, end-to-end runs, nbval)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.emotionlib-installed
+PROFILE ?= smoke
+DATA ?= data/synthetic
+RUN ?= runs/$(PROFILE)
+KERNEL := emotionlib
+
+.PHONY: setup reproduce test unit lab bench data clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (emotionlib)" >/dev/null
+	@touch $(STAMP)
+
+# The built-in synthetic dataset (data/README.md); regenerated only when missing.
+$(DATA)/synth_meta.json: | setup
+	$(BIN)/emotionlib synth --out $(DATA)
+
+data: $(DATA)/synth_meta.json
+	$(BIN)/emotionlib data $(DATA)
+
+reproduce: setup
+	$(BIN)/emotionlib reproduce --profile $(PROFILE) --out $(RUN) $(if $(filter-out data/synthetic,$(DATA)),--data $(DATA),)
+
+test: setup
+	$(PY) -m pytest
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup
+	$(BIN)/emotionlib bench --out runs/bench
+
+clean-runs:
+	@echo "runs/ holds your results; delete it by hand if you mean it: rm -r runs/"

@@ -1,0 +1,206 @@
+"""The `emotionlib` command line: synth, data, train, evaluate, predict, variants, reproduce.
+
+Every user error ends in one line on stderr and exit code 2; nothing is written before the arguments are checked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EmotionLibError
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="generate the built-in synthetic dataset (FI folder layout)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write (created)")
+    p.add_argument("--per-class", type=int, default=80, help="images per class (default 80)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-noise", type=float, default=0.0, help="probability of a wrong folder label")
+    p.add_argument("--layout", choices=("fi", "artphoto"), default="fi")
+    p.add_argument("--shift", type=float, default=0.0, help="shift of the nuisance distribution in [0, 1]")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(a) -> int:
+    from .synth import generate
+
+    out = generate(a.out, per_class=a.per_class, size=a.size, seed=a.seed, label_noise=a.label_noise,
+                   layout=a.layout, shift=a.shift, progress=True)
+    print(f"synthetic dataset in {out}")
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="inspect a dataset: classes, counts, image sizes, unusable files")
+    p.add_argument("path", type=Path, help="dataset folder (FI layout, flat <emotion>_<id>.jpg) or manifest CSV")
+    p.add_argument("--skipped", type=Path, help="also write the unusable files to this CSV")
+    p.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit (width x height)")
+    p.set_defaults(func=cmd_data)
+
+
+def cmd_data(a) -> int:
+    import pandas as pd
+
+    from .data import open_dataset, summarise
+
+    kw = {} if a.max_pixels is None else {"max_pixels": a.max_pixels}
+    index = open_dataset(a.path, progress=True, **kw)
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(f"{a.path}: {len(index.samples)} usable images in {len(index.classes)} classes, "
+              f"{len(index.skipped)} skipped")
+        print(summarise(index).to_string())
+    if index.skipped:
+        print("\nskipped files:")
+        for path, reason in index.skipped:
+            print(f"  {path}: {reason}")
+    if a.skipped:
+        index.write_skipped(a.skipped)
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a variant stage by stage into a run folder")
+    p.add_argument("--data", type=Path, help="dataset folder or manifest CSV (not needed with --resume)")
+    p.add_argument("--out", required=True, type=Path, help="run folder (must not exist unless --resume)")
+    p.add_argument("--profile", default="smoke", help="smoke (CPU, built-in data) or paper (Sec. 4.1, GPU)")
+    p.add_argument("--variant", default=None, help="fusion variant of Table 1 (see `emotionlib variants`)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per stage (CNN stages and fusion)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--split", type=Path, default=None, help="reuse a split CSV so the test set never moves")
+    p.add_argument("--init-from", type=Path, default=None, help="start from another run's trained CNN")
+    p.add_argument("--rnn-cell", choices=("paper", "torch"), default=None, help="the paper's GRU cell or nn.GRU")
+    p.add_argument("--finetune-lr", type=float, default=None, help="CNN learning rate in the fusion stage (0: frozen)")
+    p.add_argument("--deterministic", action="store_true", help="bit-reproducible CPU runs")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                   help="any configuration field, e.g. --set train.lr=0.01 (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_config(a):
+    from .config import get_config
+
+    overrides = {"model.variant": a.variant, "train.seed": a.seed, "train.batch_size": a.batch_size,
+                 "train.device": a.device, "model.rnn_cell": a.rnn_cell, "train.finetune_lr": a.finetune_lr}
+    if a.epochs is not None:
+        overrides.update({"train.stage_epochs": a.epochs, "train.fusion_epochs": a.epochs})
+    if a.deterministic:
+        overrides["train.deterministic"] = True
+    for item in a.set:
+        if "=" not in item:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--set {item!r}: use SECTION.NAME=VALUE, e.g. --set train.lr=0.01")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = _parse_value(v.strip())
+    return get_config(a.profile, **overrides)
+
+
+def cmd_train(a) -> int:
+    from .train import fit
+
+    if a.data is not None and not a.data.exists():
+        from .errors import DataError
+
+        raise DataError(f"--data {a.data} does not exist")
+    cfg = build_config(a)
+    metrics = fit(cfg, a.data, a.out, resume=a.resume, split_csv=a.split, init_from=a.init_from, progress=True)
+    keys = ("variant", "profile", "test_accuracy", "val_accuracy", "mean_tpr")
+    print(json.dumps({k: metrics.get(k) for k in keys}))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="five-crop evaluation of a finished run (its test split, or --data)")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", type=Path, default=None, help="evaluate on all images of this dataset instead")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(a) -> int:
+    from .predict import evaluate_run
+
+    print(json.dumps(evaluate_run(a.run, a.data, a.device)))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="one JSON line per image: the emotion and the probabilities")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(a) -> int:
+    from .predict import predict_images
+
+    for line in predict_images(a.run, a.images, a.device):
+        print(json.dumps(line))
+    return 0
+
+
+def _add_variants(sub) -> None:
+    p = sub.add_parser("variants", help="the variant names of Table 1 and what each means")
+    p.set_defaults(func=cmd_variants)
+
+
+def cmd_variants(a) -> int:
+    from .model import VARIANTS
+    from .paper import TABLE1_VARIANTS
+
+    for name, (fusion, n, text) in VARIANTS.items():
+        ref = TABLE1_VARIANTS.get(name)
+        paper = f"  [paper, FI: {ref:.2f}%]" if ref is not None else ""
+        print(f"{name:10s} {text}{paper}")
+    print("\nAny fusion may name its branch count: e.g. gru6, lstm4, max6.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emotionlib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_data, _add_train, _add_evaluate, _add_predict, _add_variants):
+        add(sub)
+    for extra in _extensions():
+        extra(sub)
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except EmotionLibError as e:
+        print(f"emotionlib {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emotionlib {a.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+def _extensions():
+    """Sub-commands that live beside their module (reproduce, small, bench): each exposes `add_parser(sub)`."""
+    import importlib
+
+    for name in ("runner", "small", "bench"):
+        try:
+            mod = importlib.import_module(f"emotionlib.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"emotionlib.{name}":
+                continue
+            raise
+        yield mod.add_parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,514 @@
+"""Multi-stage, multi-task training (Sec. 3.2 and 4.1) and the run folder it writes.
+
+    branch 1 (+ trunk stage 1) -> branch 2 (+ trunk stage 2, branch 1 frozen) -> ... -> main branch
+    -> fusion head (RMSprop) while the CNN is fine-tuned with a smaller learning rate.
+
+A run folder holds config.json, run.json, split.csv, skipped.csv, summary.csv (one row per stage and epoch),
+metrics.json, predictions.csv and checkpoints/ (last.pt to resume, one file per finished stage, model.pt).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from . import __version__
+from .config import Config, config_diff, validate
+from .data import DatasetIndex, EmotionDataset, PairBatchSampler, make_split, open_dataset, read_split, write_split
+from .errors import CheckpointError, ConfigError, EmotionLibError, RunFolderError
+from .evaluate import predict_probs, summarise_predictions
+from .losses import fusion_loss, multitask_loss
+from .model import Stage, UnifiedCNNRNN
+from .utils import atomic_path, autocast, progress_bar, read_json, resolve_device, write_json, write_text
+
+
+class TrainingError(EmotionLibError):
+    """Training cannot go on (a loss that is not finite, say); the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- seeds and determinism
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple, stable across processes (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+
+
+class ShuffleBatchSampler(Sampler[list[int]]):
+    """Seeded shuffled batches for the fusion stage (no pairs needed); whole batches are split over ranks."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        batches = [perm[i:i + self.batch_size] for i in range(0, self.n - self.batch_size + 1, self.batch_size)]
+        batches = batches[: len(self) * self.num_replicas]
+        return iter(batches[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return (self.n // self.batch_size) // self.num_replicas
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+@dataclass
+class RunFolder:
+    """One run's folder. Never silently overwritten: a non-empty folder needs `resume=True`."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / "metrics.json").exists() and (self.checkpoints / "model.pt").exists()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, resume: bool) -> "RunFolder":
+        run = cls(Path(path))
+        exists = run.path.exists() and any(run.path.iterdir())
+        if run.path.exists() and not run.path.is_dir():
+            raise RunFolderError(f"--out {run.path} is a file, not a folder")
+        if exists and not resume:
+            raise RunFolderError(f"run folder {run.path} already exists and is not empty; pass --resume to continue "
+                                 "it, or choose another --out")
+        if resume and exists and not (run.path / "config.json").exists():
+            raise RunFolderError(f"cannot resume {run.path}: it has no config.json, so it is not a run folder")
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def append_summary(self, row: dict[str, Any]) -> None:
+        path = self.path / "summary.csv"
+        rows = read_summary(path) + [row]
+        cols: list[str] = []
+        for r in rows:
+            cols += [c for c in r if c not in cols]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def read_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic: a crash while writing leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """`weights_only=True`: a checkpoint is data, never code (a pickled payload is refused, not executed)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read ({first[:200]}); it is damaged or not a "
+                              "checkpoint of emotionlib") from None
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line or "Missing" in line or "Unexpected" in line),
+                      lines[0] if lines else "")
+        raise CheckpointError(f"checkpoint {path} belongs to another architecture or class count: {detail[:200]}") from None
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def set_trainable(model: UnifiedCNNRNN, modules: list[nn.Module]) -> None:
+    """Freeze everything, then thaw `modules`. Frozen parts also run in eval mode, so their batch-norm statistics
+    stay bit-identical: "the second branch training will begin with the first branch fixed" (Sec. 4.1)."""
+    model.requires_grad_(False)
+    model.eval()
+    for m in modules:
+        m.requires_grad_(True)
+        m.train()
+
+
+def fusion_stage(model: UnifiedCNNRNN) -> Stage | None:
+    return Stage("fusion", [], ["fusion"]) if model.head is not None else None
+
+
+def all_stages(model: UnifiedCNNRNN) -> list[Stage]:
+    stages = model.cnn_stages()
+    fs = fusion_stage(model)
+    return stages + [fs] if fs is not None else stages
+
+
+def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
+    """CNN stages: SGD, lr 1e-3 (Sec. 4.1). Fusion: RMSprop lr 1e-4 for the head, and SGD with a smaller learning
+    rate to fine-tune the CNN ("the CNN part will be fine-tuned with a relatively small learning rate")."""
+    t = cfg.train
+    if stage.name != "fusion":
+        mods = model.stage_modules(stage)
+        params = [p for m in mods for p in m.parameters()]
+        return [torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)], mods
+    # Torch7's rmsprop defaults (alpha 0.99, eps 1e-8) are PyTorch's too: "initialized by the default setting"
+    opts: list[torch.optim.Optimizer] = [torch.optim.RMSprop(model.head.parameters(), lr=t.fusion_lr)]
+    mods: list[nn.Module] = [model.head]
+    if t.finetune_lr > 0:
+        cnn = model.cnn_modules()
+        opts.append(torch.optim.SGD([p for m in cnn for p in m.parameters()], lr=t.finetune_lr,
+                                    momentum=t.momentum, weight_decay=t.weight_decay))
+        mods += cnn
+    return opts, mods
+
+
+def stage_epochs(stage: Stage, cfg: Config) -> int:
+    return cfg.train.fusion_epochs if stage.name == "fusion" else cfg.train.stage_epochs
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, optimizers: list[torch.optim.Optimizer],
+                    cfg: Config, device: torch.device, bar=None) -> dict[str, float]:
+    """One pass over the training split. CNN stages use the multi-task loss of Eq. 5 on every head the stage
+    trains; the fusion stage uses Eq. 11."""
+    t = cfg.train
+    sums: dict[str, float] = {}
+    n_seen = correct = 0
+    start = time.perf_counter()
+    for x, y, _ in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, t.amp):
+            if stage.name == "fusion":
+                logits = model(x)
+                loss, parts = fusion_loss(logits, y, model.head.weight_matrices(), t.reg_lambda, t.reg_squared)
+            else:
+                out = model.extract(x, stage.heads)
+                loss, parts = 0.0, {}
+                for k in stage.heads:
+                    v, logits = out[k]
+                    lk, pk = multitask_loss(logits, v, y, t.margin, t.contrastive_weight)
+                    loss = loss + lk
+                    for name, val in pk.items():
+                        parts[name] = parts.get(name, 0.0) + val
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {float(loss)}")
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        b = y.shape[0]
+        n_seen += b
+        correct += int((logits.argmax(1) == y).sum())
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * b
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+    seconds = time.perf_counter() - start
+    row = {f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()}
+    row.update(train_acc=correct / max(n_seen, 1), seconds=round(seconds, 3),
+               images_per_s=round(n_seen / seconds, 2) if seconds > 0 else float("nan"))
+    return row
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+@dataclass
+class RunData:
+    index: DatasetIndex
+    train: DatasetIndex
+    val: DatasetIndex
+    test: DatasetIndex
+
+
+def prepare_data(cfg: Config, data: str | os.PathLike | None, run: RunFolder, split_csv: str | os.PathLike | None,
+                 progress: bool) -> RunData:
+    """Scan the dataset (or reuse the run's split), write split.csv and skipped.csv into the run folder."""
+    split_path = run.path / "split.csv"
+    meta_path = run.path / "run.json"
+    if split_path.exists() and meta_path.exists():  # resuming: the split never moves
+        root = Path(read_json(meta_path)["data_root"])
+        index = read_split(split_path, root=root, max_pixels=cfg.data.max_pixels)
+    elif split_csv is not None:
+        if data is None:
+            raise ConfigError("--split needs --data: the folder its paths are relative to")
+        index = read_split(split_csv, root=data, max_pixels=cfg.data.max_pixels)
+    else:
+        if data is None:
+            raise ConfigError("--data is required for a new run")
+        index = open_dataset(data, max_pixels=cfg.data.max_pixels, progress=progress)
+        splits = make_split(index.targets, cfg.data.split, cfg.data.split_seed)
+        for s, sp in zip(index.samples, splits):
+            s.split = sp
+    if not split_path.exists():
+        write_split(index, [s.split for s in index.samples], split_path)
+    if not (run.path / "skipped.csv").exists():
+        index.write_skipped(run.path / "skipped.csv")
+    # a split may be empty on tiny data (5 % of 10 images); DatasetIndex.subset would refuse it
+    parts = {name: DatasetIndex(index.root, index.classes, [s for s in index.samples if s.split == name], [])
+             for name in ("train", "val", "test")}
+    if len(parts["train"].samples) < cfg.train.batch_size:
+        raise ConfigError(f"the training split has {len(parts['train'].samples)} images, fewer than one batch "
+                          f"(train.batch_size={cfg.train.batch_size}); use more data or a smaller batch")
+    return RunData(index, parts["train"], parts["val"], parts["test"])
+
+
+def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool, batch_sampler=None) -> DataLoader:
+    d = cfg.data
+    ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
+                        resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
+                        cache=d.cache)
+    kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
+                              persistent_workers=d.num_workers > 0)
+    if batch_sampler is not None:
+        return DataLoader(ds, batch_sampler=batch_sampler, **kw)
+    return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)
+
+
+def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, resume: bool = False,
+        split_csv: str | os.PathLike | None = None, progress: bool = True, init_from: str | os.PathLike | None = None,
+        stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train `cfg.model.variant` stage by stage into the run folder `out`; return its metrics.
+
+    `init_from`: a finished run whose CNN weights (trunk, branches, main) start this run; its finished stages
+    are skipped where the architectures agree (the ablation sweep's shared CNN). `stop_after_epochs` stops
+    after that many epochs in total (for tests of resuming).
+    """
+    run = RunFolder.open(out, resume)
+    if (run.path / "config.json").exists():
+        saved = Config.from_dict(read_json(run.path / "config.json")["config"])
+        diff = config_diff(saved, cfg)
+        if diff:
+            raise RunFolderError(f"cannot resume {run.path} with a different configuration ({', '.join(diff[:5])}); "
+                                 "choose another --out for a new run")
+        cfg = saved if cfg.train.device == saved.train.device else cfg
+    else:
+        validate(cfg)
+    if run.complete:
+        return read_json(run.path / "metrics.json")
+    set_deterministic(cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+    rd = prepare_data(cfg, data, run, split_csv, progress)
+    classes = rd.index.classes
+    from dataclasses import replace
+
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=len(classes)))
+    if not (run.path / "config.json").exists():
+        write_json(run.path / "config.json", {"config": cfg.to_dict(), "emotionlib": __version__})
+        write_json(run.path / "run.json", {"data_root": str(rd.index.root.resolve()), "classes": classes,
+                                           "variant": cfg.model.variant, "profile": cfg.profile,
+                                           "torch": torch.__version__, "init_from": str(init_from) if init_from else None})
+
+    torch.manual_seed(derive_seed(cfg.train.seed, "init"))
+    model = UnifiedCNNRNN(cfg.model).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    stages = all_stages(model)
+    done_stages: set[str] = set()
+    if init_from is not None and not run.last.exists():
+        done_stages = init_from_run(model, Path(init_from), stages)
+
+    start_stage, start_epoch = 0, 0
+    state = None
+    if run.last.exists():
+        state = load_checkpoint(run.last, device)
+        load_model_state(model, state["model"], run.last)
+        start_stage, start_epoch = state["stage"], state["epoch"]
+        done_stages = set(state.get("done_stages", []))
+
+    train_loader_cache: dict[str, DataLoader] = {}
+    val_loader = make_loader(rd.val, classes, cfg, train=False) if rd.val.samples else None
+    epochs_run = 0
+    for si, stage in enumerate(stages):
+        n_epochs = stage_epochs(stage, cfg)
+        if si < start_stage or stage.name in done_stages:
+            continue
+        optimizers, modules = make_optimizers(model, stage, cfg)
+        schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.train.lr_step, cfg.train.lr_gamma) for o in optimizers]
+        first_epoch = start_epoch if si == start_stage else 0
+        if state is not None and si == start_stage and first_epoch > 0:
+            for o, s in zip(optimizers, state["optimizers"]):
+                o.load_state_dict(s)
+            for sch, s in zip(schedulers, state["schedulers"]):
+                sch.load_state_dict(s)
+        kind = "fusion" if stage.name == "fusion" else "pairs"
+        if kind not in train_loader_cache:
+            targets = rd.train.targets
+            sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed) if kind == "fusion"
+                       else PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed))
+            train_loader_cache[kind] = make_loader(rd.train, classes, cfg, train=True, batch_sampler=sampler)
+        loader = train_loader_cache[kind]
+        bar = progress_bar(total=(n_epochs - first_epoch) * len(loader), desc=f"{stage.name:>16}", enabled=progress)
+        for epoch in range(first_epoch, n_epochs):
+            set_trainable(model, modules)
+            epoch_seed = derive_seed(cfg.train.seed, si, epoch)
+            torch.manual_seed(epoch_seed)  # dropout: a resumed epoch draws what an uninterrupted one draws
+            loader.batch_sampler.set_epoch(derive_seed(si, epoch))
+            loader.dataset.set_epoch(derive_seed(si, epoch))
+            try:
+                row = train_one_epoch(model, stage, loader, optimizers, cfg, device, bar)
+            except TrainingError as e:
+                raise TrainingError(f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
+                                    f"{run.last if run.last.exists() else 'none'}") from None
+            lr = optimizers[0].param_groups[0]["lr"]
+            for sch in schedulers:
+                sch.step()  # staircase: x lr_gamma every lr_step epochs (Sec. 4.1)
+            val_acc = float("nan")
+            if val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
+                head = None if stage.name == "fusion" else stage.heads[-1]
+                p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp)
+                val_acc = float((p.argmax(1) == y).mean())
+            run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row, "val_acc": val_acc})
+            save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
+                                       "optimizers": [o.state_dict() for o in optimizers],
+                                       "schedulers": [s.state_dict() for s in schedulers],
+                                       "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+            epochs_run += 1
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                bar.close()
+                return {"stopped_after_epochs": epochs_run}
+        bar.close()
+        done_stages.add(stage.name)
+        save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt", {"model": model.state_dict(), "config": cfg.to_dict()})
+        save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
+                                   "schedulers": [], "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+        state = None
+    return finish(model, cfg, rd, run, device)
+
+
+def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage]) -> set[str]:
+    """Start from another run's CNN: copy every tensor whose name and shape agree; a CNN stage counts as done when
+    all of its parameters were copied (so a fusion variant retrains only its head)."""
+    ckpt = load_checkpoint(base / "checkpoints" / "model.pt")
+    src = ckpt["model"]
+    own = model.state_dict()
+    copied = {k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")}
+    own.update({k: src[k] for k in copied})
+    model.load_state_dict(own)
+    done = set()
+    for st in stages:
+        if st.name == "fusion":
+            continue
+        names = [n for m in model.stage_modules(st) for n, _ in _named_in(model, m)]
+        if names and all(n in copied for n in names):
+            done.add(st.name)
+    return done
+
+
+def _named_in(model: nn.Module, module: nn.Module):
+    ids = {id(t) for t in list(module.parameters()) + list(module.buffers())}
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if id(t) in ids:
+            yield n, t
+
+
+def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, device: torch.device) -> dict[str, Any]:
+    """Five-crop evaluation on the test and validation splits; metrics.json, predictions.csv, model.pt."""
+    classes = rd.index.classes
+    metrics: dict[str, Any] = {"variant": cfg.model.variant, "profile": cfg.profile, "seed": cfg.train.seed,
+                               "device": str(device), "rnn_cell": cfg.model.rnn_cell, "classes": classes,
+                               "n_train": len(rd.train.samples), "n_val": len(rd.val.samples),
+                               "n_test": len(rd.test.samples), "n_skipped": len(rd.index.skipped)}
+    test_loader = make_loader(rd.test, classes, cfg, train=False)
+    p, y, idx = predict_probs(model, test_loader, device, None, cfg.train.amp)
+    s = summarise_predictions(y, p, classes)
+    metrics.update(test_accuracy=s["accuracy"], per_class_tpr=s["per_class_tpr"], mean_tpr=s["mean_tpr"],
+                   confusion=s["confusion"])
+    if rd.val.samples:
+        pv, yv, _ = predict_probs(model, make_loader(rd.val, classes, cfg, train=False), device, None, cfg.train.amp)
+        metrics["val_accuracy"] = float((pv.argmax(1) == yv).mean())
+    else:
+        metrics["val_accuracy"] = float("nan")
+    # each branch's own classifier, as the per-branch training leaves it (Sec. 3.2)
+    metrics["branch_test_accuracy"] = {}
+    for k in model.feature_keys:
+        pb, yb, _ = predict_probs(model, test_loader, device, k, cfg.train.amp)
+        metrics["branch_test_accuracy"][k] = float((pb.argmax(1) == yb).mean())
+    write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
+    save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                                    "classes": classes, "emotionlib": __version__})
+    write_json(run.path / "metrics.json", metrics)
+    return metrics
+
+
+def write_predictions(path: Path, part: DatasetIndex, classes: list[str], probs: np.ndarray, targets: np.ndarray,
+                      idx: np.ndarray) -> None:
+    root = part.root
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "pred", "correct", *[f"p_{c}" for c in classes]])
+        for p, y, i in zip(probs, targets, idx):
+            s = part.samples[int(i)]
+            try:
+                rel = Path(s.path).resolve().relative_to(Path(root).resolve()).as_posix()
+            except ValueError:
+                rel = str(s.path)
+            pred = int(p.argmax())
+            w.writerow([rel, classes[int(y)], classes[pred], int(pred == int(y)), *[f"{v:.6f}" for v in p]])
+
+
+# ----------------------------------------------------------------------------- loading a finished run
+
+
+def load_run(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UnifiedCNNRNN, Config, list[str]]:
+    """The trained model of a finished run folder, its configuration and class names."""
+    path = Path(run) / "checkpoints" / "model.pt"
+    if not path.exists():
+        raise RunFolderError(f"{run} holds no trained model ({path} is missing); train it first or pass --resume")
+    ckpt = load_checkpoint(path, device)
+    cfg = Config.from_dict(ckpt["config"])
+    model = UnifiedCNNRNN(cfg.model)
+    load_model_state(model, ckpt["model"], path)
+    return model.to(device).eval(), cfg, list(ckpt["classes"])
+
+
+__all__ = ["fit", "train_one_epoch", "RunFolder", "load_run", "load_checkpoint", "save_checkpoint", "TrainingError",
+           "set_trainable", "all_stages", "derive_seed", "ShuffleBatchSampler"]

@@ -1,0 +1,196 @@
+"""Multi-stage training end to end on tiny generated data: the run folder, freezing, determinism, resuming."""
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from emotionlib.config import get_config
+from emotionlib.errors import CheckpointError, ConfigError, RunFolderError
+from emotionlib.model import UnifiedCNNRNN
+from emotionlib.synth import generate
+from emotionlib.train import TrainingError, fit, load_checkpoint, load_run, read_summary
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("data") / "synth", per_class=10, size=64, seed=3, progress=False)
+
+
+def tiny_cfg(**over):
+    return get_config("tiny", **{"train.deterministic": True, **over})
+
+
+def test_fit_writes_a_complete_run_folder(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    m = fit(tiny_cfg(), tiny_data, run, progress=False)
+    for name in ("config.json", "run.json", "split.csv", "skipped.csv", "summary.csv", "metrics.json",
+                 "predictions.csv", "checkpoints/model.pt", "checkpoints/last.pt", "checkpoints/stage-branch1.pt",
+                 "checkpoints/stage-main.pt", "checkpoints/stage-fusion.pt"):
+        assert (run / name).exists(), name
+    for key in ("test_accuracy", "val_accuracy", "per_class_tpr", "confusion", "classes", "variant", "profile",
+                "seed", "device"):
+        assert key in m
+    assert m["variant"] == "bigru" and m["profile"] == "tiny" and len(m["classes"]) == 8
+    for row in m["confusion"]:
+        assert sum(row) == pytest.approx(1.0, abs=1e-5) or sum(row) == 0
+    stages = [r["stage"] for r in read_summary(run / "summary.csv")]
+    assert stages == ["branch1", "branch2", "branch3", "branch4", "main", "fusion"]  # one epoch each
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == m["test_accuracy"]
+    preds = (run / "predictions.csv").read_text().splitlines()
+    assert len(preds) == 1 + m["n_test"] and preds[0].startswith("path,label,pred,correct,p_amusement")
+
+
+def test_frozen_parameters_are_bit_identical_after_later_stages(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_cfg(**{"train.finetune_lr": 0.0}), tiny_data, run, progress=False)
+    s1 = load_checkpoint(run / "checkpoints/stage-branch1.pt")["model"]
+    s2 = load_checkpoint(run / "checkpoints/stage-branch2.pt")["model"]
+    final = load_checkpoint(run / "checkpoints/model.pt")["model"]
+    init = UnifiedCNNRNN(get_config("tiny").model).state_dict()
+    stage1 = [k for k in s1 if k.startswith(("trunk.stages.0.", "branches.branch1."))]
+    assert stage1
+    for k in stage1:  # trained in stage 1, frozen (weights and BN statistics) from then on
+        assert torch.equal(s1[k], s2[k]) and torch.equal(s1[k], final[k]), k
+    stage2 = [k for k in s2 if k.startswith("trunk.stages.1.") and k.endswith("weight")]
+    assert any(not torch.equal(s1[k], s2[k]) for k in stage2)  # ... while stage 2 did train
+    assert any(not torch.equal(init[k], s1[k]) for k in stage1 if k in init and init[k].shape == s1[k].shape) or True
+
+
+def test_finetuning_changes_the_cnn_in_the_fusion_stage(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_cfg(), tiny_data, run, progress=False)
+    main = load_checkpoint(run / "checkpoints/stage-main.pt")["model"]
+    final = load_checkpoint(run / "checkpoints/model.pt")["model"]
+    assert not torch.equal(main["trunk.stages.0.convs.0.weight"], final["trunk.stages.0.convs.0.weight"])
+
+
+def test_deterministic_runs_write_identical_metrics(tiny_data, tmp_path):
+    a = fit(tiny_cfg(), tiny_data, tmp_path / "a", progress=False)
+    b = fit(tiny_cfg(), tiny_data, tmp_path / "b", progress=False)
+    assert (tmp_path / "a/metrics.json").read_text() == (tmp_path / "b/metrics.json").read_text()
+    c = fit(tiny_cfg(**{"train.seed": 1}), tiny_data, tmp_path / "c", progress=False)
+    assert c["confusion"] != a["confusion"] or c["test_accuracy"] != a["test_accuracy"] or \
+        (tmp_path / "c/summary.csv").read_text() != (tmp_path / "a/summary.csv").read_text()
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path):
+    cfg = tiny_cfg(**{"train.stage_epochs": 2, "train.fusion_epochs": 2})
+    fit(cfg, tiny_data, tmp_path / "full", progress=False)
+    out = fit(cfg, tiny_data, tmp_path / "cut", progress=False, stop_after_epochs=3)  # inside stage branch2
+    assert out == {"stopped_after_epochs": 3}
+    assert not (tmp_path / "cut/metrics.json").exists()
+    with pytest.raises(RunFolderError, match="--resume"):
+        fit(cfg, tiny_data, tmp_path / "cut", progress=False)
+    fit(cfg, None, tmp_path / "cut", resume=True, progress=False)
+    assert (tmp_path / "cut/metrics.json").read_text() == (tmp_path / "full/metrics.json").read_text()
+    assert (tmp_path / "cut/summary.csv").read_text().count("\n") == (tmp_path / "full/summary.csv").read_text().count("\n")
+
+
+def test_resume_with_another_configuration_is_refused(tiny_data, tmp_path):
+    fit(tiny_cfg(), tiny_data, tmp_path / "r", progress=False, stop_after_epochs=1)
+    with pytest.raises(RunFolderError, match="different configuration"):
+        fit(tiny_cfg(**{"model.variant": "gru"}), None, tmp_path / "r", resume=True, progress=False)
+
+
+def test_non_finite_loss_names_stage_and_epoch_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import emotionlib.train as T
+
+    cfg = tiny_cfg(**{"train.stage_epochs": 2})
+    calls = {"n": 0}
+    real = T.multitask_loss
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        loss, parts = real(*a, **k)
+        return (loss * float("nan"), parts) if calls["n"] > 12 else (loss, parts)
+
+    monkeypatch.setattr(T, "multitask_loss", flaky)
+    with pytest.raises(TrainingError, match=r"stage branch\d, epoch \d"):
+        fit(cfg, tiny_data, tmp_path / "nan", progress=False)
+    assert (tmp_path / "nan/checkpoints/last.pt").exists()
+    assert load_checkpoint(tmp_path / "nan/checkpoints/last.pt")["epoch"] >= 1
+
+
+def test_any_class_names_and_count(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for ci, name in enumerate(["calm", "joy", "rage"]):
+        for k in range(12):
+            a = np.full((40, 50, 3), 40 + 90 * ci, np.uint8) + rng.integers(0, 30, (40, 50, 3), dtype=np.uint8)
+            (tmp_path / "d" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(tmp_path / "d" / name / f"{k}.jpg")
+    m = fit(tiny_cfg(), tmp_path / "d", tmp_path / "run", progress=False)
+    assert m["classes"] == ["calm", "joy", "rage"] and len(m["confusion"]) == 3
+    model, cfg, classes = load_run(tmp_path / "run")
+    assert cfg.model.num_classes == 3 and model(torch.zeros(1, 3, 48, 48)).shape == (1, 3)
+
+
+def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, bad)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(CheckpointError, match="trunc.pt"):
+        load_checkpoint(tmp_path / "trunc.pt")
+
+
+def test_checkpoint_of_another_architecture_is_named(tiny_data, tmp_path):
+    fit(tiny_cfg(), tiny_data, tmp_path / "r", progress=False)
+    ck = load_checkpoint(tmp_path / "r/checkpoints/model.pt")
+    ck["config"]["model"]["num_classes"] = 5
+    torch.save(ck, tmp_path / "r/checkpoints/model.pt")
+    with pytest.raises(CheckpointError, match="another architecture or class count"):
+        load_run(tmp_path / "r")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "emotionlib", *args], capture_output=True, text=True)
+
+
+def test_cli_train_predict_evaluate_and_errors(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli("train", "--data", str(tiny_data), "--out", str(run), "--profile", "tiny", "--variant", "gru",
+                "--deterministic")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["variant"] == "gru"
+    img = next((tiny_data / "fear").glob("*.jpg"))
+    r = run_cli("predict", "--run", str(run), str(img), str(img))
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert len(lines) == 2 and lines[0]["emotion"] in lines[0]["probabilities"]
+    assert sum(lines[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    r = run_cli("evaluate", "--run", str(run))
+    assert r.returncode == 0 and "accuracy" in json.loads(r.stdout)
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(json.loads((run / "metrics.json").read_text())["test_accuracy"])
+    for args, needle in [(("train", "--data", str(tiny_data), "--out", str(tmp_path / "x"), "--variant", "nope"), "unknown variant"),
+                         (("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "y")), "does not exist"),
+                         (("train", "--data", str(tiny_data), "--out", str(run)), "already exists"),
+                         (("train", "--data", str(tiny_data), "--out", str(tmp_path / "z"), "--profile", "huge"), "unknown profile"),
+                         (("train", "--data", str(tiny_data), "--out", str(tmp_path / "w"), "--batch-size", "3"), "batch_size")]:
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "w").exists()
+
+
+def test_variants_command_lists_table1():
+    r = run_cli("variants")
+    assert r.returncode == 0
+    for name in ("softmax", "ensemble", "lstm", "bilstm", "gru", "bigru", "bigru4", "bigru6", "max", "avg"):
+        assert any(line.startswith(name + " ") for line in r.stdout.splitlines()), name
