@@ -183,12 +183,13 @@ def all_stages(model: UnifiedCNNRNN) -> list[Stage]:
     return stages + [fs] if fs is not None else stages
 
 
-def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
+def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
+                    frozen: set[str] = frozenset()) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
     """CNN stages: SGD, lr 1e-3 (Sec. 4.1). Fusion: RMSprop lr 1e-4 for the head, and SGD with a smaller learning
     rate to fine-tune the CNN ("the CNN part will be fine-tuned with a relatively small learning rate")."""
     t = cfg.train
     if stage.name != "fusion":
-        mods = model.stage_modules(stage)
+        mods = [m for name, m in _stage_named_modules(model, stage) if name not in frozen]
         params = [p for m in mods for p in m.parameters()]
         return [torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)], mods
     # Torch7's rmsprop defaults (alpha 0.99, eps 1e-8) are PyTorch's too: "initialized by the default setting"
@@ -315,12 +316,13 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
 
 def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, resume: bool = False,
         split_csv: str | os.PathLike | None = None, progress: bool = True, init_from: str | os.PathLike | None = None,
-        stop_after_epochs: int | None = None) -> dict[str, Any]:
+        stop_after_epochs: int | None = None, until: str | None = None) -> dict[str, Any]:
     """Train `cfg.model.variant` stage by stage into the run folder `out`; return its metrics.
 
     `init_from`: a finished run whose CNN weights (trunk, branches, main) start this run; its finished stages
-    are skipped where the architectures agree (the ablation sweep's shared CNN). `stop_after_epochs` stops
-    after that many epochs in total (for tests of resuming).
+    are skipped where the architectures agree (the ablation sweep's shared CNN). `until` stops after the stage
+    of that name (e.g. "main": the CNN is trained, the fusion not yet; rerun with resume=True to go on).
+    `stop_after_epochs` stops after that many epochs in total (for tests of resuming).
     """
     run = RunFolder.open(out, resume)
     if (run.path / "config.json").exists():
@@ -347,14 +349,18 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
                                            "variant": cfg.model.variant, "profile": cfg.profile,
                                            "torch": torch.__version__, "init_from": str(init_from) if init_from else None})
 
+    if init_from is None:  # a resumed run keeps the base it started from
+        init_from = read_json(run.path / "run.json").get("init_from")
     torch.manual_seed(derive_seed(cfg.train.seed, "init"))
     model = UnifiedCNNRNN(cfg.model).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     stages = all_stages(model)
-    done_stages: set[str] = set()
-    if init_from is not None and not run.last.exists():
-        done_stages = init_from_run(model, Path(init_from), stages)
+    frozen: set[str] = set()
+    if init_from is not None:
+        frozen = init_from_run(model, Path(init_from), stages)  # resuming overwrites the weights just below
+    done_stages = {st.name for st in stages if st.name != "fusion" and
+                   all(n in frozen for n, _ in _stage_named_modules(model, st))}
 
     start_stage, start_epoch = 0, 0
     state = None
@@ -362,7 +368,7 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
         state = load_checkpoint(run.last, device)
         load_model_state(model, state["model"], run.last)
         start_stage, start_epoch = state["stage"], state["epoch"]
-        done_stages = set(state.get("done_stages", []))
+        done_stages |= set(state.get("done_stages", []))
 
     train_loader_cache: dict[str, DataLoader] = {}
     val_loader = make_loader(rd.val, classes, cfg, train=False) if rd.val.samples else None
@@ -370,8 +376,10 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     for si, stage in enumerate(stages):
         n_epochs = stage_epochs(stage, cfg)
         if si < start_stage or stage.name in done_stages:
+            if stage.name == until:
+                return {"stopped_after_stage": until}
             continue
-        optimizers, modules = make_optimizers(model, stage, cfg)
+        optimizers, modules = make_optimizers(model, stage, cfg, frozen)
         schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.train.lr_step, cfg.train.lr_gamma) for o in optimizers]
         first_epoch = start_epoch if si == start_stage else 0
         if state is not None and si == start_stage and first_epoch > 0:
@@ -421,26 +429,37 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
         save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
                                    "schedulers": [], "done_stages": sorted(done_stages), "config": cfg.to_dict()})
         state = None
+        if stage.name == until:
+            return {"stopped_after_stage": until}
     return finish(model, cfg, rd, run, device)
 
 
 def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage]) -> set[str]:
-    """Start from another run's CNN: copy every tensor whose name and shape agree; a CNN stage counts as done when
-    all of its parameters were copied (so a fusion variant retrains only its head)."""
-    ckpt = load_checkpoint(base / "checkpoints" / "model.pt")
-    src = ckpt["model"]
+    """Start from another run's CNN (a run folder's model.pt, or any of its checkpoint files): copy every tensor
+    whose name and shape agree, and freeze the modules copied whole. Returns the names of the modules to keep
+    frozen; a CNN stage none of whose modules needs training is skipped (so a fusion variant trains only its head,
+    `bigru6` only its new branch 0, `bigru4` only its new FC_5)."""
+    path = base / "checkpoints" / "model.pt" if base.is_dir() else base
+    src = load_checkpoint(path)["model"]
     own = model.state_dict()
     copied = {k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")}
     own.update({k: src[k] for k in copied})
     model.load_state_dict(own)
-    done = set()
+    frozen = set()
     for st in stages:
         if st.name == "fusion":
             continue
-        names = [n for m in model.stage_modules(st) for n, _ in _named_in(model, m)]
-        if names and all(n in copied for n in names):
-            done.add(st.name)
-    return done
+        for name, mod in _stage_named_modules(model, st):
+            keys = [n for n, _ in _named_in(model, mod)]
+            if keys and all(k in copied for k in keys):
+                frozen.add(name)
+    return frozen
+
+
+def _stage_named_modules(model: UnifiedCNNRNN, stage: Stage) -> list[tuple[str, nn.Module]]:
+    named = [(f"trunk.stages.{s}", model.trunk.stages[s]) for s in stage.trunk_stages]
+    named += [(k, model.main if k == "main" else model.branches[k]) for k in stage.heads]
+    return named
 
 
 def _named_in(model: nn.Module, module: nn.Module):
