@@ -115,8 +115,21 @@ def cmd_train(a) -> int:
         from .errors import DataError
 
         raise DataError(f"--data {a.data} does not exist")
-    cfg = build_config(a)
-    metrics = fit(cfg, a.data, a.out, resume=a.resume, split_csv=a.split, init_from=a.init_from, progress=True)
+    from .baselines import BASELINES, run_baseline
+    from .errors import ConfigError
+
+    weights = getattr(a, "weights", None)  # --weights is registered beside the baselines (emotionlib.small)
+    if a.variant in BASELINES:  # Table 1's baselines (Sec. 4.2) write the same kind of run folder
+        if a.init_from is not None:
+            raise ConfigError(f"--init-from starts a unified CNN-RNN from another run; {a.variant} has no use for it")
+        name, a.variant = a.variant, None
+        metrics = run_baseline(name, build_config(a), a.data, a.out, split_csv=a.split, weights=weights,
+                               resume=a.resume)
+    elif weights is not None:
+        raise ConfigError(f"--weights applies to the baselines alexnet-svm and resnet101, not {a.variant or 'bigru'}")
+    else:
+        cfg = build_config(a)
+        metrics = fit(cfg, a.data, a.out, resume=a.resume, split_csv=a.split, init_from=a.init_from, progress=True)
     keys = ("variant", "profile", "test_accuracy", "val_accuracy", "mean_tpr")
     print(json.dumps({k: metrics.get(k) for k in keys}))
     return 0
@@ -166,6 +179,11 @@ def cmd_variants(a) -> int:
         ref = TABLE1_VARIANTS.get(name)
         paper = f"  [paper, FI: {ref:.2f}%]" if ref is not None else ""
         print(f"{name:10s} {text}{paper}")
+    from .baselines import BASELINES, TABLE1_BASELINE_ROW
+    from .paper import TABLE1
+
+    for name, text in BASELINES.items():
+        print(f"{name:10s} baseline: {text}  [paper, FI: {TABLE1[TABLE1_BASELINE_ROW[name]]:.2f}% ({TABLE1_BASELINE_ROW[name]})]")
     print("\nAny fusion may name its branch count: e.g. gru6, lstm4, max6.")
     return 0
 

@@ -1,0 +1,331 @@
+"""The small-dataset protocol of Sec. 4.4 (ArtPhoto, IAPS-subset) and a chart like Fig. 7 and 8.
+
+    a model pre-trained on the large set (a finished run folder)
+    -> frozen features of every small-set image, averaged over its five crops
+    -> a new last FC: one binary linear classifier per class, "one against all" (Machajdik & Hanbury 2010)
+    -> stratified K-fold cross-validation (K = 5) -> true-positive rate per class, and its mean
+
+Every compared method goes through the same folds and the same classifier, so only the features differ:
+the unified CNN-RNN's (the input of its last FC: H of the Bi-GRU, Eq. 10), the hand-crafted subset of
+`emotionlib.baselines`, AlexNet fc7 and optionally ResNet-101 pool5 (ImageNet weights from a local file,
+else random initialisation, said so in the label). A class with fewer than `min_count` images is left out
+with a warning (the paper leaves out IAPS anger, 8 images).
+
+The paper's Fig. 7 and 8 are bar charts without printed numbers, so no paper values are stored here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .baselines import (FEATURE_SIZE, alexnet_fc7, build_network, cnn_input_size, five_crop_features,
+                        handcrafted_matrix, linear_svm, load_weights, resnet_pool5, resolve_weights)
+from .data import DatasetIndex, open_dataset, scan_artphoto, scan_iaps
+from .errors import ConfigError, DataError, RunFolderError
+from .evaluate import confusion_matrix, per_class_tpr
+from .utils import atomic_path, read_json, resolve_device, write_json
+
+LAYOUTS = ("artphoto", "iaps", "fi")
+METHODS = ("ours", "handcrafted-svm", "alexnet-svm", "resnet101")
+DEFAULT_METHODS = ("ours", "handcrafted-svm", "alexnet-svm")
+PAPER_NOTE = ("The paper reports Sec. 4.4 only as bar charts (Fig. 7 ArtPhoto, Fig. 8 IAPS-subset) without printed "
+              "numbers; every number here is this run's.")
+
+
+# ----------------------------------------------------------------------------- data, classes, folds
+
+
+def open_small_dataset(data: str | os.PathLike, layout: str, progress: bool = False) -> DatasetIndex:
+    """artphoto: flat <emotion>_<n>.jpg (`sad` = sadness); iaps: DIR/images + DIR/mikels_{negative,positive}.csv
+    (data/README.md); fi: one folder per emotion."""
+    data = Path(data)
+    if layout == "artphoto":
+        return scan_artphoto(data, progress=progress)
+    if layout == "iaps":
+        # min_count=0: the protocol's own exclusion below warns once, the same way for every layout
+        return scan_iaps(data / "images", data / "mikels_negative.csv", data / "mikels_positive.csv", min_count=0,
+                         progress=progress)
+    if layout == "fi":
+        return open_dataset(data, progress=progress)
+    raise ConfigError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+
+
+def exclude_small_classes(index: DatasetIndex, min_count: int) -> tuple[DatasetIndex, dict[str, int]]:
+    """Leave out every class with fewer than `min_count` images, with a warning naming it (Sec. 4.4: "only eight
+    images in the category anger ... we are unable to train a classifier for this category")."""
+    counts = index.counts()
+    excluded = {c: n for c, n in counts.items() if n < min_count}
+    for c, n in excluded.items():
+        warnings.warn(f"{index.root}: leaving out class {c!r}: {n} image(s) < min_count={min_count}, too few to "
+                      "train and test a classifier (the paper leaves out IAPS anger, 8 images)", stacklevel=2)
+    kept = [c for c in index.classes if c not in excluded]
+    if len(kept) < 2:
+        raise DataError(f"{index.root}: {len(kept)} class(es) have at least {min_count} images; the protocol needs "
+                        "two (lower --min-count, or add images)")
+    return DatasetIndex(index.root, kept, [s for s in index.samples if s.label in kept], list(index.skipped)), excluded
+
+
+def stratified_folds(targets: Sequence[int], folds: int, seed: int = 0) -> np.ndarray:
+    """The test fold (0..folds-1) of every image: each image is in exactly one test fold, and every fold holds
+    each class in proportion (scikit-learn's StratifiedKFold, shuffled with `seed`)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(targets)
+    out = np.full(len(y), -1, dtype=int)
+    for k, (_, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)):
+        out[test] = k
+    return out
+
+
+def cross_validated_predictions(x: np.ndarray, y: np.ndarray, fold: np.ndarray, seed: int = 0,
+                                make_classifier: Callable[[int], Any] = linear_svm) -> np.ndarray:
+    """Each image predicted by the classifier trained on the other folds (scaler included: nothing of a test
+    fold is seen in training)."""
+    pred = np.full(len(y), -1, dtype=int)
+    for k in np.unique(fold):
+        test = fold == k
+        pred[test] = make_classifier(seed).fit(x[~test], y[~test]).predict(x[test])
+    return pred
+
+
+def tpr_summary(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """TPR per class over all test folds together (every image counted once), its mean over the classes, and the
+    mean TPR of each fold alone (to show the spread)."""
+    n = len(classes)
+    tpr = per_class_tpr(y, pred, n)
+    return {"per_class_tpr": {c: float(t) for c, t in zip(classes, tpr)}, "mean_tpr": float(tpr.mean()),
+            "accuracy": float((pred == y).mean()), "confusion": confusion_matrix(y, pred, n).round(6).tolist(),
+            "fold_mean_tpr": [float(per_class_tpr(y[fold == k], pred[fold == k], n).mean()) for k in np.unique(fold)]}
+
+
+# ----------------------------------------------------------------------------- features of each method
+
+
+def unified_features(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The input of the model's last FC, which the protocol replaces: H of the RNN (Eq. 10), the pooled V (max,
+    avg), the main branch's V (softmax); for the ensemble, which has no single last FC, all V concatenated."""
+    fusion = model.cfg.fusion
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        feats = model.extract(x)
+        if fusion == "softmax":
+            return feats["main"][0]
+        seq = torch.stack([feats[k][0] for k in model.feature_keys], dim=1)
+        if fusion == "ensemble":
+            return seq.flatten(1)
+        if fusion in ("max", "avg"):
+            return seq.amax(1) if fusion == "max" else seq.mean(1)
+        return model.head.rnn(seq)
+
+    return fn
+
+
+def method_label(method: str, variant: str, provenance: dict[str, Any] | None) -> str:
+    init = "" if provenance is None else " (ImageNet)" if provenance["pretrained"] else " (random init)"
+    return {"ours": f"Ours: unified CNN-RNN ({variant}), pre-trained",
+            "handcrafted-svm": "Hand-crafted subset (M&H, Zhao)",
+            "alexnet-svm": f"AlexNet fc7{init}",
+            "resnet101": f"ResNet-101 pool5{init}"}[method]
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+              folds: int = 5, layout: str = "artphoto", min_count: int = 10, seed: int = 0, device: str = "auto",
+              methods: Sequence[str] = DEFAULT_METHODS, alexnet_weights: str | os.PathLike | None = None,
+              resnet_weights: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+    """Sec. 4.4 on one small dataset; writes out_dir/{config.json, folds.csv, predictions.csv, tpr.csv,
+    metrics.json, fig7_tpr.png, fig7_tpr.pdf} and returns the metrics.
+
+    A folder that already holds this exact protocol's results returns them (rerunning a notebook is cheap);
+    any other non-empty folder is refused. Weights: None = torchvision's cached ImageNet file if present,
+    "none" = random initialisation, or a state-dict path.
+    """
+    from .train import derive_seed, load_run, make_loader
+
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"--methods {','.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds (the paper uses 5)")
+    if min_count < folds:
+        raise ConfigError(f"--min-count {min_count} is below --folds {folds}: every class needs an image in each fold")
+    run = Path(pretrained_run)
+    if not run.is_dir():
+        raise RunFolderError(f"--run {run} does not exist; train the large-set model first (emotionlib train)")
+    if not Path(data_dir).exists():
+        raise DataError(f"--data {data_dir} does not exist; see data/README.md for ArtPhoto and IAPS-subset")
+    weights = {"alexnet-svm": ("alexnet", alexnet_weights), "resnet101": ("resnet101", resnet_weights)}
+    provenance = {m: resolve_weights(*weights[m])[1] for m in methods if m in weights}
+    settings = {"pretrained_run": str(pretrained_run), "data": str(data_dir), "layout": layout, "folds": folds,
+                "min_count": min_count, "seed": seed, "methods": methods,
+                "weights": {m: p["weights"] for m, p in provenance.items()}}
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()):
+        done = (out / "metrics.json").exists() and (out / "config.json").exists()
+        if done and read_json(out / "config.json").get("settings") == settings:
+            return read_json(out / "metrics.json")
+        raise RunFolderError(f"--out {out} already exists and holds something else; choose another --out")
+
+    dev = resolve_device(device)
+    model, cfg, _ = load_run(run, dev)
+    pre = read_json(run / "run.json") if (run / "run.json").exists() else {}
+    index, excluded = exclude_small_classes(open_small_dataset(data_dir, layout, progress), min_count)
+    classes, y = index.classes, np.array(index.targets)
+    fold = stratified_folds(y, folds, seed)
+    loader = make_loader(index, classes, cfg, train=False)  # the five crops of the pre-trained run's geometry
+
+    results: dict[str, Any] = {}
+    preds: dict[str, np.ndarray] = {}
+    for m in methods:
+        if m == "ours":
+            x, yy, idx = five_crop_features(unified_features(model), loader, dev, desc="unified CNN-RNN",
+                                            progress=progress)
+            info = {"features": "input of the last FC (H for RNN fusions)"}
+        elif m == "handcrafted-svm":
+            x, yy, idx = handcrafted_matrix(index, progress=progress), y, np.arange(len(y))
+            info = {"features": f"hand-crafted subset, {x.shape[1]} values at {FEATURE_SIZE} px"}
+        else:
+            arch, w = weights[m]
+            torch.manual_seed(derive_seed(seed, m, "init"))
+            net = build_network(arch)
+            path, _ = resolve_weights(arch, w)
+            if path is not None:
+                load_weights(net, path, arch)
+            net = net.to(dev).eval()
+            fn = (lambda z, net=net: alexnet_fc7(net, z)) if m == "alexnet-svm" else (lambda z, net=net: resnet_pool5(net, z))
+            side = cnn_input_size(m, cfg)
+            x, yy, idx = five_crop_features(fn, loader, dev, side, desc=m, progress=progress)
+            info = {"features": f"{'fc7' if m == 'alexnet-svm' else 'pool5'} at {side} px", **provenance[m]}
+            del net
+        x, yy = x[np.argsort(idx)], yy[np.argsort(idx)]  # back to index order (the loader does not shuffle)
+        assert (yy == y).all()
+        preds[m] = cross_validated_predictions(x, y, fold, seed)
+        label = method_label(m, cfg.model.variant, provenance.get(m))
+        results[m] = {"label": label, "feature_dim": int(x.shape[1]), **info, **tpr_summary(y, preds[m], fold, classes)}
+
+    table = tpr_table(results, classes)
+    metrics = {"protocol": "Sec. 4.4: frozen features, one-against-all linear SVMs (a new last FC per class), "
+                           f"stratified {folds}-fold cross-validation, true-positive rate per class",
+               "classes": classes, "counts": index.counts(), "excluded_classes": excluded, "n_images": len(y),
+               "folds": folds, "seed": seed, "layout": layout, "data": str(data_dir),
+               "pretrained": {"run": str(pretrained_run), "variant": cfg.model.variant, "profile": cfg.profile,
+                              "classes": pre.get("classes")},
+               "methods": results, "paper_note": PAPER_NOTE}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"settings": settings, "emotionlib": __version__})
+    rel = [_relative(s.path, index.root) for s in index.samples]
+    _write_csv(out / "folds.csv", pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold}))
+    _write_csv(out / "predictions.csv", pd.DataFrame({"path": rel, "label": [s.label for s in index.samples],
+                                                      "fold": fold, **{m: [classes[p] for p in preds[m]] for m in methods}}))
+    _write_csv(out / "tpr.csv", table.reset_index())
+    fig = plot_tpr(table, title=f"True-positive rate per class, {folds}-fold CV on {Path(data_dir).name} (cf. Fig. 7)")
+    from .figures import save_figure
+
+    save_figure(fig, out / "fig7_tpr")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    write_json(out / "metrics.json", metrics)  # last: its presence marks a finished protocol
+    return metrics
+
+
+def tpr_table(results: dict[str, Any], classes: list[str]) -> pd.DataFrame:
+    """One row per method (its label), one column per class and `mean` last: the numbers behind Fig. 7 / 8."""
+    rows = {r["label"]: [r["per_class_tpr"][c] for c in classes] + [r["mean_tpr"]] for r in results.values()}
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=[*classes, "mean"])
+    df.index.name = "method"
+    return df
+
+
+def load_table(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """tpr.csv of a finished protocol, as tpr_table returns it."""
+    return pd.read_csv(Path(out_dir) / "tpr.csv", index_col="method")
+
+
+def plot_tpr(table: pd.DataFrame, title: str | None = None):
+    """Grouped bars as in Fig. 7: one group per class and the mean as the last group, one colour per method."""
+    import matplotlib.pyplot as plt
+
+    groups, m = list(table.columns), len(table)
+    x = np.arange(len(groups), dtype=float)
+    x[-1] += 0.5  # a gap sets the mean apart from the classes
+    width = 0.8 / m
+    fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 3.5, 3.6))
+    colours = plt.get_cmap("tab10").colors
+    for i, (label, row) in enumerate(table.iterrows()):
+        ax.bar(x + (i - (m - 1) / 2) * width, row.to_numpy(dtype=float), width, label=label, color=colours[i % 10])
+    ax.axhline(1 / (len(groups) - 1), color="0.4", ls="--", lw=1, label="chance (1 / classes)")
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _relative(p: Path, root: Path) -> str:
+    try:
+        return Path(p).relative_to(root).as_posix()
+    except ValueError:
+        return Path(p).as_posix()
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("small", help="Sec. 4.4: per-class true-positive rate on a small dataset (ArtPhoto, IAPS), "
+                                     "5-fold CV, one against all, a chart like Fig. 7")
+    p.add_argument("--run", required=True, type=Path, help="a finished run trained on the large dataset")
+    p.add_argument("--data", required=True, type=Path, help="the small dataset (see --layout)")
+    p.add_argument("--out", required=True, type=Path, help="folder for tpr.csv, metrics.json and the chart")
+    p.add_argument("--folds", type=int, default=5, help="K of the stratified K-fold cross-validation (default 5)")
+    p.add_argument("--layout", choices=LAYOUTS, default="artphoto",
+                   help="artphoto: <emotion>_<n>.jpg; iaps: DIR/images + DIR/mikels_*.csv; fi: a folder per class")
+    p.add_argument("--min-count", type=int, default=10, help="leave out classes with fewer images (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the classifiers")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated, from {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--alexnet-weights", default=None, help="ImageNet AlexNet state dict ('none': random init)")
+    p.add_argument("--resnet-weights", default=None, help="ImageNet ResNet-101 state dict ('none': random init)")
+    p.set_defaults(func=cmd_small)
+    if "train" in sub.choices:  # the baselines' weights option of `emotionlib train` (cli.cmd_train reads it)
+        sub.choices["train"].add_argument(
+            "--weights", default=None, help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
+                                            "cached file if present, else random init; 'none': random init)")
+
+
+def cmd_small(a: argparse.Namespace) -> int:
+    m = run_small(a.run, a.data, a.out, folds=a.folds, layout=a.layout, min_count=a.min_count, seed=a.seed,
+                  device=a.device, methods=[s.strip() for s in a.methods.split(",") if s.strip()],
+                  alexnet_weights=a.alexnet_weights, resnet_weights=a.resnet_weights)
+    print(json.dumps({"out": str(a.out), "classes": m["classes"], "excluded_classes": m["excluded_classes"],
+                      "mean_tpr": {r["label"]: round(r["mean_tpr"], 4) for r in m["methods"].values()}}))
+    return 0
+
+
+__all__ = ["run_small", "stratified_folds", "exclude_small_classes", "cross_validated_predictions", "tpr_summary",
+           "tpr_table", "load_table", "plot_tpr", "unified_features", "open_small_dataset", "add_parser", "METHODS",
+           "DEFAULT_METHODS", "LAYOUTS", "PAPER_NOTE"]
