@@ -28,6 +28,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 64  # Sec. 4.1
+    optimizer: str = "sgd"  # Sec. 4.1: SGD for the CNN; "adam" is offered for short CPU runs (a deviation)
     lr: float = 1e-3  # Sec. 4.1: SGD for the CNN
     momentum: float = 0.9  # (ours) Torch7's optim.sgd default is 0; the paper says "default setting"
     weight_decay: float = 0.0  # Torch7 default
@@ -139,6 +140,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.split={d.split} must be three non-negative fractions summing to 1")
     if t.stage_epochs < 0 or t.fusion_epochs < 0:
         raise ConfigError("epochs must be non-negative")
+    if t.optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"train.optimizer={t.optimizer!r}: use 'sgd' (the paper's) or 'adam'")
     if t.finetune_lr < 0 or t.lr <= 0 or t.fusion_lr <= 0:
         raise ConfigError("learning rates must be positive (finetune_lr may be 0 to freeze the CNN)")
     cfg.model.validate()

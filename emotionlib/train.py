@@ -191,16 +191,21 @@ def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
     if stage.name != "fusion":
         mods = [m for name, m in _stage_named_modules(model, stage) if name not in frozen]
         params = [p for m in mods for p in m.parameters()]
-        return [torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)], mods
+        return [cnn_optimizer(params, t.lr, t)], mods
     # Torch7's rmsprop defaults (alpha 0.99, eps 1e-8) are PyTorch's too: "initialized by the default setting"
     opts: list[torch.optim.Optimizer] = [torch.optim.RMSprop(model.head.parameters(), lr=t.fusion_lr)]
     mods: list[nn.Module] = [model.head]
     if t.finetune_lr > 0:
         cnn = model.cnn_modules()
-        opts.append(torch.optim.SGD([p for m in cnn for p in m.parameters()], lr=t.finetune_lr,
-                                    momentum=t.momentum, weight_decay=t.weight_decay))
+        opts.append(cnn_optimizer([p for m in cnn for p in m.parameters()], t.finetune_lr, t))
         mods += cnn
     return opts, mods
+
+
+def cnn_optimizer(params, lr: float, t) -> torch.optim.Optimizer:
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def stage_epochs(stage: Stage, cfg: Config) -> int:
@@ -237,7 +242,7 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
                     for name, val in pk.items():
                         parts[name] = parts.get(name, 0.0) + val
         if not torch.isfinite(loss):
-            raise TrainingError(f"the loss became {float(loss)}")
+            raise TrainingError(f"the loss became {float(loss.detach())}")
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
