@@ -234,6 +234,14 @@ def _check_dir(root: str | os.PathLike, what: str) -> Path:
     return root
 
 
+# Files beside the images that describe them (factors.csv, synth_meta.json, a README, a split CSV): not data.
+METADATA_EXTENSIONS = {".csv", ".json", ".md", ".txt", ".yml", ".yaml"}
+
+
+def _metadata(p: Path, root: Path) -> bool:
+    return p.parent == root and p.suffix.lower() in METADATA_EXTENSIONS
+
+
 def _visible(name: str) -> bool:
     # Hidden files (.DS_Store, macOS "._x.jpg") and archive debris folders (__MACOSX) are not data.
     return not (name.startswith(".") or name.startswith("__"))
@@ -270,6 +278,8 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
     else:
         for p in entries:
             m = _FLAT_NAME.match(p.stem)
+            if _metadata(p, root):
+                continue
             if _unsupported(p):  # checked first: a stray notes_1.txt must not become a class "notes"
                 skipped.append((p, _unsupported(p)))
             elif m:
@@ -363,6 +373,8 @@ def scan_artphoto(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXE
     labelled, skipped = [], []
     for p in _files(root):
         m = _ARTPHOTO_NAME.match(p.stem)
+        if _metadata(p, root):
+            continue
         if _unsupported(p):
             skipped.append((p, _unsupported(p)))
         elif m:

@@ -54,15 +54,16 @@ def test_fi_flat_and_class_order(tmp_path):
     for name in ("sadness_1.jpg", "Zebra_1.png", "amusement_0001.jpg", "awe_7.jpg", "disgust_3.png",
                  "anger_2.jpg", "boredom_9.jpg"):
         write_image(root / name)
-    (root / "notes_1.txt").write_text("x")   # must not create a class "notes"
+    (root / "notes_1.psd").write_text("x")   # must not create a class "notes"
+    (root / "factors.csv").write_text("path,label\n")  # metadata beside the images: ignored, not skipped
     write_image(root / "cover.jpg")          # no <emotion>_<id>
     index = scan_folder(root)
     # Mikels emotions in Fig. 6 order, then other names alphabetically
     assert index.classes == ["amusement", "anger", "awe", "disgust", "sadness", "boredom", "zebra"]
     assert [s.path.name for s in index.samples if s.label == "zebra"] == ["Zebra_1.png"]
     reasons = {p.name: r for p, r in index.skipped}
-    assert set(reasons) == {"notes_1.txt", "cover.jpg"}
-    assert reasons["notes_1.txt"].startswith("unsupported extension '.txt'")
+    assert set(reasons) == {"notes_1.psd", "cover.jpg"}
+    assert reasons["notes_1.psd"].startswith("unsupported extension '.psd'")
     assert "<emotion>_<id>" in reasons["cover.jpg"]
 
 
