@@ -1,0 +1,563 @@
+"""The notebook pipeline: `emotionlib reproduce` runs notebooks/NN_*.ipynb in order with papermill.
+
+Netflix's papermill practice (../shared/style.md): a notebook plus its parameters is an immutable input, and its
+executed copy in RUN/notebooks/ is the record of what ran. Notebooks pass results to each other only through
+files in the run folder, so a rerun can skip every notebook whose executed copy is complete.
+
+Also here: the few helpers the notebooks share (one configuration for the whole pipeline, the built-in data,
+per-branch evaluation, what each training stage changed, the paper's GRU cell as an nn.GRUCell).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataError, EmotionLibError, RunFolderError
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+BUILTIN_DATA = REPO / "data" / "synthetic"
+DEFAULT_KERNEL = "emotionlib"
+#: What `reproduce` passes to every notebook; each must declare all of them in its `parameters` cell.
+PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed")
+_NAME = re.compile(r"\d\d_[A-Za-z0-9_-]+\.ipynb")
+
+
+class NotebookError(EmotionLibError):
+    """A notebook of the pipeline failed; its executed copy holds the traceback."""
+
+
+# ----------------------------------------------------------------------------- what to run
+
+
+def notebook_paths(folder: str | os.PathLike = NOTEBOOKS) -> list[Path]:
+    """The pipeline's notebooks, `NN_topic.ipynb`, in reading order (scratch notebooks are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--notebooks {folder}: no such folder; run from a clone of the repository")
+    paths = sorted(p for p in folder.iterdir() if _NAME.fullmatch(p.name))
+    if not paths:
+        raise ConfigError(f"--notebooks {folder}: holds no NN_topic.ipynb notebooks")
+    return paths
+
+
+def _read(path: Path):
+    import nbformat
+
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as e:  # not JSON, not a notebook
+        raise ConfigError(f"{path} is not a readable notebook ({type(e).__name__}); restore it from git") from None
+
+
+def parameters_cell(nb, path: str | os.PathLike = "notebook"):
+    """The one code cell tagged `parameters` (papermill injects its values after it)."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ConfigError(f"{path}: has {len(cells)} code cells tagged `parameters`; tag exactly one")
+    return cells[0]
+
+
+def declared_parameters(path: str | os.PathLike) -> dict[str, str]:
+    """name -> default (as source text) of every variable the `parameters` cell assigns."""
+    cell = parameters_cell(_read(Path(path)), path)
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}: the `parameters` cell is not valid Python (line {e.lineno})") from None
+    out = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets:
+            if isinstance(t, ast.Name) and node.value is not None:
+                out[t.id] = ast.get_source_segment(cell.source, node.value)
+    return out
+
+
+def check_parameters(paths: list[Path], params: dict[str, Any]) -> None:
+    """Every parameter must be declared by every notebook: papermill would only warn and run on with the
+    notebook's own default, which is how a run silently ends up on the wrong data."""
+    for p in paths:
+        missing = sorted(set(params) - set(declared_parameters(p)))
+        if missing:
+            raise ConfigError(f"{p.name} declares no parameter {', '.join(missing)} in its `parameters` cell; add it "
+                              "there or do not pass it")
+
+
+def check_kernel(name: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    try:
+        ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        have = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
+        raise ConfigError(f"--kernel {name}: no such Jupyter kernel (installed: {have}); `make setup` installs "
+                          f"{DEFAULT_KERNEL!r}, or pass --kernel NAME") from None
+
+
+def executed_copy_state(path: str | os.PathLike, params: dict[str, Any],
+                        source: str | os.PathLike | None = None) -> str | None:
+    """Why the executed copy at `path` must be run again, or None if it is complete: it exists, every code cell
+    ran, no cell holds an error, it ran with these parameters and (given `source`) the same code."""
+    import nbformat
+
+    path = Path(path)
+    if not path.exists():
+        return "not run yet"
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:
+        return "unreadable"
+    if any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])):
+        return "failed"
+    if any(c.cell_type == "code" and c.source.strip() and c.get("execution_count") is None for c in nb.cells):
+        return "incomplete"
+    ran_with = nb.metadata.get("papermill", {}).get("parameters")
+    if _jsonable(ran_with) != _jsonable(params):
+        return "other parameters"
+    if source is not None and _code(nb) != _code(_read(Path(source))):
+        return "the notebook changed"
+    return None
+
+
+def _code(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"
+            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class _CellTicker:
+    """Stands in for papermill's per-notebook bar: each finished cell ticks the pipeline's overall bar."""
+
+    def __init__(self, bar):
+        self.bar, self.n = bar, 0
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def set_description(self, *a, **k) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _engine():
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, overall_bar=None, **kw):
+            if overall_bar is not None:
+                nb_man.pbar = _CellTicker(overall_bar)
+            return super().execute_managed_notebook(nb_man, kernel_name, **kw)
+
+    papermill_engines.register("emotionlib", Engine)
+    return "emotionlib"
+
+
+def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[str, Any], *,
+                  kernel: str = DEFAULT_KERNEL, force: bool = False, cwd: str | os.PathLike | None = None,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """Execute `paths` in order into `out_dir` (same file names) with `params`; return one record per notebook.
+
+    Everything is checked before the first cell runs: the kernel, and that each notebook declares each parameter.
+    A notebook whose executed copy is complete (`executed_copy_state`) is skipped unless `force`. The first
+    failure stops the run with a NotebookError naming the executed copy that holds the traceback.
+    """
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    from .utils import progress_bar, write_json
+
+    paths = [Path(p) for p in paths]
+    check_kernel(kernel)
+    check_parameters(paths, params)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cwd = Path(cwd) if cwd is not None else paths[0].parent
+    engine = _engine()
+    plan = [(p, out_dir / p.name, "forced" if force else executed_copy_state(out_dir / p.name, params, p))
+            for p in paths]
+    sizes = [len(_read(p).cells) + (1 if params else 0) for p in paths]  # + papermill's injected cell
+    records: list[dict[str, Any]] = []
+    bar = progress_bar(total=sum(sizes), desc="notebooks", enabled=progress, unit="cell")
+    try:
+        for (src, dst, why), size in zip(plan, sizes):
+            if why is None:
+                bar.update(size)
+                bar.write(f"{src.name}: complete in {_show(dst)}, skipped (--force reruns it)", file=sys.stderr)
+                records.append({"notebook": src.name, "status": "skipped", "seconds": 0.0})
+                continue
+            start = time.perf_counter()
+            bar.write(f"{src.name}: running ({why})", file=sys.stderr)
+            bar.set_postfix_str(src.name)
+            try:
+                pm.execute_notebook(src, dst, parameters=params, kernel_name=kernel, cwd=str(cwd), engine_name=engine,
+                                    progress_bar=False, overall_bar=bar)
+            except pm.PapermillExecutionError as e:
+                evalue = (str(e.evalue).strip().splitlines() or [""])[0][:200]
+                raise NotebookError(f"{src.name} failed in cell {e.exec_count} ({e.ename}: {evalue}); the traceback "
+                                    f"is in {_show(dst)}") from None
+            except (DeadKernelError, CellTimeoutError) as e:  # out of memory, a crash, a hung cell
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise NotebookError(f"{src.name}: the kernel stopped ({first}); what ran is in {_show(dst)}") from None
+            seconds = round(time.perf_counter() - start, 1)
+            bar.write(f"{src.name}: done in {seconds:.0f} s -> {_show(dst)}", file=sys.stderr)
+            records.append({"notebook": src.name, "status": "executed", "seconds": seconds})
+            write_json(out_dir / "pipeline.json", {"parameters": params, "kernel": kernel, "notebooks": records})
+    finally:
+        bar.close()
+    write_json(out_dir / "pipeline.json", {"parameters": params, "kernel": kernel, "notebooks": records})
+    return records
+
+
+def _show(p: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(Path(p).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
+    """The dataset folder; the built-in synthetic data (data/synthetic) is generated when it is missing."""
+    path = Path(data_dir) if data_dir is not None else BUILTIN_DATA
+    if path.resolve() == BUILTIN_DATA.resolve():
+        if not (path / "synth_meta.json").exists():
+            from .synth import generate
+
+            generate(path, progress=progress)
+        return path
+    if not path.exists():
+        raise DataError(f"--data {path} does not exist; give the FI folder (data/README.md) or leave --data out "
+                        "for the built-in data")
+    return path
+
+
+def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+              kernel: str = DEFAULT_KERNEL, force: bool = False, device: str = "auto", seed: int = 0,
+              extra: dict[str, Any] | None = None, notebooks: str | os.PathLike = NOTEBOOKS,
+              progress: bool = True) -> Path:
+    """Run every notebook on `data` with `profile` into the run folder `out` (default runs/<profile>)."""
+    from .config import PROFILES
+
+    if profile not in PROFILES:
+        raise ConfigError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    paths = notebook_paths(notebooks)
+    run = Path(out) if out is not None else REPO / "runs" / profile
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"--out {run} is a file, not a folder")
+    data_path = Path(data) if data is not None else BUILTIN_DATA
+    # absolute paths: the kernels run in the notebooks folder, not where the command was typed
+    params = {"profile": profile, "data_dir": str(data_path.resolve()), "run_dir": str(run.resolve()),
+              "device": device, "seed": seed, **(extra or {})}
+    check_kernel(kernel)
+    check_parameters(paths, params)  # before the data is generated: nothing runs on a bad command line
+    ensure_data(data_path, progress=progress)
+    run_notebooks(paths, run / "notebooks", params, kernel=kernel, force=force, cwd=Path(notebooks),
+                  progress=progress)
+    return run
+
+
+def refresh_notebooks(notebooks: str | os.PathLike = NOTEBOOKS, kernel: str = DEFAULT_KERNEL,
+                      names: list[str] | None = None, progress: bool = True) -> list[Path]:
+    """`make notebooks`: execute the committed notebooks in place with their default parameters, so they carry the
+    reference smoke run's outputs that nbval compares against. Timing metadata is dropped to keep diffs small."""
+    import nbformat
+    import papermill as pm
+
+    paths = [p for p in notebook_paths(notebooks) if names is None or p.name in names]
+    check_kernel(kernel)
+    for p in paths:
+        parameters_cell(_read(p), p)
+    engine = _engine()
+    from .utils import progress_bar
+
+    bar = progress_bar(total=sum(len(_read(p).cells) for p in paths), desc="notebooks", enabled=progress, unit="cell")
+    try:
+        for p in paths:
+            bar.set_postfix_str(p.name)
+            try:
+                pm.execute_notebook(p, p, kernel_name=kernel, cwd=str(p.parent), engine_name=engine,
+                                    progress_bar=False, overall_bar=bar)
+            except pm.PapermillExecutionError as e:
+                raise NotebookError(f"{p.name} failed in cell {e.exec_count} ({e.ename}); the traceback is in "
+                                    f"{_show(p)} (git checkout it to undo)") from None
+            nb = nbformat.read(p, as_version=4)
+            nb.metadata.pop("papermill", None)
+            for c in nb.cells:
+                c.metadata.pop("papermill", None)
+                c.metadata.pop("execution", None)
+            nbformat.write(nb, p)
+            bar.write(f"{p.name}: refreshed", file=sys.stderr)
+    finally:
+        bar.close()
+    return paths
+
+
+# ----------------------------------------------------------------------------- helpers the notebooks share
+
+
+#: The test accuracy each profile must beat for the notebooks to print True. nbval compares the boolean, not the
+#: float, so retuning a profile does not break the regression test as long as it stays above its floor. smoke:
+#: clearly above the 12.5 % of chance on the built-in data (one cue alone gives 25 %); paper: FI, Table 1's
+#: weakest baseline is 46.52 %.
+ACCURACY_FLOORS = {"smoke": 0.20, "tiny": 0.0, "paper": 0.50}
+
+
+def pipeline_config(profile: str = "smoke", device: str = "auto", seed: int = 0, **overrides: Any):
+    """The one configuration every notebook of a run builds, so notebook 03 resumes what 02 trained.
+    CPU profiles run deterministically: a rerun prints the same numbers (nbval compares them)."""
+    from .config import get_config
+
+    kw: dict[str, Any] = {"train.device": device, "train.seed": seed}
+    if profile != "paper":
+        kw["train.deterministic"] = True
+    return get_config(profile, **{**kw, **overrides})
+
+
+def open_stage_model(run_dir: str | os.PathLike, checkpoint: str = "stage-main.pt", device: str = "cpu"):
+    """(model, cfg, classes) from one checkpoint of a training run folder, e.g. after `fit(..., until="main")`."""
+    from .config import Config
+    from .model import UnifiedCNNRNN
+    from .train import load_checkpoint, load_model_state
+    from .utils import read_json
+
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / checkpoint
+    ckpt = load_checkpoint(path, device)
+    cfg = Config.from_dict(ckpt["config"])
+    model = UnifiedCNNRNN(cfg.model)
+    load_model_state(model, ckpt["model"], path)
+    return model.to(device).eval(), cfg, list(read_json(run_dir / "run.json")["classes"])
+
+
+def branch_accuracy(run_dir: str | os.PathLike, checkpoint: str = "stage-main.pt", device: str = "cpu"):
+    """Each branch's own classifier (Sec. 3.2) on the run's test and validation splits, five-crop averaged.
+    Returns a DataFrame indexed by branch with columns test_acc, val_acc, n_test, n_val."""
+    import pandas as pd
+
+    from .data import DatasetIndex, read_split
+    from .evaluate import predict_probs
+    from .train import make_loader
+    from .utils import read_json, resolve_device
+
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    model, cfg, classes = open_stage_model(run_dir, checkpoint, dev)
+    index = read_split(run_dir / "split.csv", root=read_json(run_dir / "run.json")["data_root"], classes=classes)
+    rows = {k: {} for k in model.feature_keys}
+    for split in ("test", "val"):
+        part = DatasetIndex(index.root, classes, [s for s in index.samples if s.split == split], [])
+        if not part.samples:
+            continue
+        loader = make_loader(part, classes, cfg, train=False)
+        for k in model.feature_keys:
+            p, y, _ = predict_probs(model, loader, dev, k, cfg.train.amp)
+            rows[k][f"{split}_acc"] = float((p.argmax(1) == y).mean())
+            rows[k][f"n_{split}"] = len(y)
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "branch"
+    return df
+
+
+def stage_changes(run_dir: str | os.PathLike, include_fusion: bool = False):
+    """Which modules each training stage changed: the largest absolute change of any weight or batch-norm
+    statistic between consecutive stage checkpoints (0.0 exactly: frozen). Rows are stages in training order,
+    columns the modules (trunk stages, branches, main, head). The first stage is compared with the seeded
+    initialisation that fit() starts from."""
+    import pandas as pd
+    import torch
+
+    from .train import all_stages, derive_seed, load_checkpoint
+    from .config import Config
+    from .model import UnifiedCNNRNN
+
+    run_dir = Path(run_dir)
+    first = load_checkpoint(run_dir / "checkpoints" / "stage-main.pt")
+    cfg = Config.from_dict(first["config"])
+    torch.manual_seed(derive_seed(cfg.train.seed, "init"))  # the same draw as fit(): the untrained model
+    init = UnifiedCNNRNN(cfg.model)
+    prev = {k: v.float() for k, v in init.state_dict().items()}
+    stages = [s.name for s in all_stages(init) if s.name != "fusion" or include_fusion]
+    rows = {}
+    for name in stages:
+        path = run_dir / "checkpoints" / ("model.pt" if name == "fusion" else f"stage-{name}.pt")
+        state = {k: v.float() for k, v in load_checkpoint(path)["model"].items()}
+        row: dict[str, float] = {}
+        for k, v in state.items():
+            if k.endswith("num_batches_tracked"):
+                continue  # a counter, not a weight
+            mod = _module_of(k)
+            row[mod] = max(row.get(mod, 0.0), float((v - prev[k]).abs().max()))
+        rows[name] = row
+        prev = state
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "stage"
+    return df
+
+
+def _module_of(key: str) -> str:
+    parts = key.split(".")
+    if parts[0] == "trunk":
+        return f"trunk{int(parts[2]) + 1}"  # trunk.stages.0.convs... -> trunk1
+    if parts[0] == "branches":
+        return parts[1]
+    return parts[0]  # main, head
+
+
+def paper_cell_as_torch(cell):
+    """An nn.GRUCell holding the same weights as a PaperGRUCell (Eq. 6-9), so the two can be run side by side.
+
+    PyTorch orders the gates (r, z, n) and has two bias vectors; the paper's biases go into bias_ih and bias_hh
+    is zero. Both update h_t = z * h_{t-1} + (1 - z) * h~_t (Eq. 9); they differ only in Eq. 8, where nn.GRU
+    computes r * (W_hh h_{t-1}) instead of W_hh (r * h_{t-1}).
+    """
+    import torch
+    from torch import nn
+
+    torch_cell = nn.GRUCell(cell.W_v.in_features, cell.hidden_size)
+    with torch.no_grad():
+        torch_cell.weight_ih.copy_(cell.W_v.weight)  # [W_vr; W_vz; W_vh]: the same (r, z, n) order
+        torch_cell.bias_ih.copy_(cell.W_v.bias)
+        torch_cell.weight_hh.copy_(torch.cat([cell.W_hr.weight, cell.W_hz.weight, cell.W_hh.weight]))
+        torch_cell.bias_hh.zero_()
+    return torch_cell
+
+
+def skipped_frame(index):
+    """The files a loader left out, with why, as a DataFrame (paths relative to the dataset folder)."""
+    import pandas as pd
+
+    root = Path(index.root).resolve()
+    rows = []
+    for p, reason in index.skipped:
+        try:
+            rel = Path(p).resolve().relative_to(root).as_posix()
+        except ValueError:
+            rel = Path(p).name
+        rows.append({"path": rel, "reason": reason})
+    return pd.DataFrame(rows, columns=["path", "reason"])
+
+
+def result_table(run_dir: str | os.PathLike):
+    """This run's test accuracy beside Table 1's for the same variant, one row each, with what it was measured on
+    (so a synthetic-data number is never read as an FI number)."""
+    import pandas as pd
+
+    import numpy as np
+
+    from .paper import FI_SPLIT, FIG6_OURS, TABLE1_ROW, TABLE1_VARIANTS
+    from .utils import read_json
+
+    run_dir = Path(run_dir)
+    m = read_json(run_dir / "metrics.json")
+    d = data_description(run_dir)
+    v = m["variant"]
+    rows = [{"source": "this run", "model": TABLE1_ROW.get(v, v), "dataset": d["dataset"], "profile": d["profile"],
+             "test images": m["n_test"], "accuracy (%)": round(100 * m["test_accuracy"], 2),
+             "mean TPR (%)": round(100 * m["mean_tpr"], 2)}]
+    if v in TABLE1_VARIANTS:
+        # mean TPR: the diagonal of the paper's Fig. 6, which shows the 5-branch Bi-GRU only
+        tpr = round(100 * float(np.diag(FIG6_OURS).mean()), 2) if v in ("bigru", "bigru5") else None
+        rows.append({"source": "paper, Table 1 / Fig. 6", "model": TABLE1_ROW[v], "dataset": "FI",
+                     "profile": "paper", "test images": FI_SPLIT["test"], "accuracy (%)": TABLE1_VARIANTS[v],
+                     "mean TPR (%)": tpr})
+    return pd.DataFrame(rows)
+
+
+def data_description(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a training run was trained on, in words a reader can check: the dataset's folder name, whether it is
+    the built-in synthetic data, the profile, the device and the split sizes (no absolute paths)."""
+    from .utils import read_json
+
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "run.json")
+    cfg = read_json(run_dir / "config.json")["config"]
+    root = Path(meta["data_root"])
+    synthetic = (root / "synth_meta.json").exists()
+    out = {"dataset": "built-in synthetic data (emotionlib.synth)" if synthetic else f"the dataset in {root.name}/",
+           "synthetic": synthetic, "profile": cfg["profile"], "variant": cfg["model"]["variant"],
+           "classes": len(meta["classes"])}
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        m = read_json(metrics)
+        out.update(device=m["device"], n_train=m["n_train"], n_val=m["n_val"], n_test=m["n_test"])
+    return out
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--param {text!r}: use NAME=VALUE, e.g. --param seed=1")
+    k, v = text.split("=", 1)
+    try:
+        return k.strip(), json.loads(v)
+    except json.JSONDecodeError:
+        return k.strip(), v
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="run the notebooks in order into a run folder (papermill)")
+    p.add_argument("--profile", default="smoke", help="smoke (CPU, built-in data, minutes) or paper (Sec. 4.1, GPU)")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the built-in data, generated "
+                                                           "into data/synthetic when missing)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<profile>)")
+    p.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel (default: emotionlib, from make setup)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="one more notebook parameter (every notebook must declare it)")
+    p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of NN_topic.ipynb notebooks")
+    p.add_argument("--force", action="store_true", help="rerun notebooks whose executed copies are complete")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("notebooks", help="re-execute the committed notebooks in place (make notebooks)")
+    p.add_argument("names", nargs="*", help="only these notebooks (file names)")
+    p.add_argument("--kernel", default=DEFAULT_KERNEL)
+    p.add_argument("--notebooks", type=Path, default=NOTEBOOKS)
+    p.set_defaults(func=cmd_notebooks)
+
+
+def cmd_reproduce(a) -> int:
+    extra = dict(_parse_param(t) for t in a.param)
+    options = {"profile": "--profile", "data_dir": "--data", "run_dir": "--out", "device": "--device", "seed": "--seed"}
+    clash = sorted(set(extra) & set(options))
+    if clash:
+        raise ConfigError(f"--param {clash[0]}: use the option {options[clash[0]]} instead")
+    start = time.perf_counter()
+    run = reproduce(a.profile, a.data, a.out, a.kernel, a.force, a.device, a.seed, extra, a.notebooks)
+    print(f"pipeline finished in {time.perf_counter() - start:.0f} s: executed notebooks in {_show(run / 'notebooks')}, "
+          f"figures in {_show(run / 'figures')}, tables in {_show(run / 'tables')}")
+    return 0
+
+
+def cmd_notebooks(a) -> int:
+    start = time.perf_counter()
+    done = refresh_notebooks(a.notebooks, a.kernel, a.names or None)
+    print(f"{len(done)} notebooks executed in place in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+__all__ = ["reproduce", "run_notebooks", "refresh_notebooks", "notebook_paths", "declared_parameters",
+           "check_parameters", "executed_copy_state", "ensure_data", "pipeline_config", "branch_accuracy",
+           "stage_changes", "paper_cell_as_torch", "data_description", "open_stage_model", "NotebookError"]
