@@ -50,3 +50,174 @@ def save_table(df, path: str | os.PathLike, **kw) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kw)
     return path
+
+
+# ----------------------------------------------------------------------------- plots the notebooks share
+# Each returns the figure, so a notebook shows it inline and passes it to save_figure.
+
+
+def plot_counts(counts, title: str = "", ylabel: str = "images"):
+    """Bars per class; a DataFrame with several columns (e.g. the splits) is stacked in column order."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = counts.to_frame() if isinstance(counts, pd.Series) else counts
+    fig, ax = plt.subplots(figsize=(7, 3))
+    bottom = None
+    for col in df.columns:
+        ax.bar(df.index, df[col], bottom=bottom, label=str(col))
+        bottom = df[col] if bottom is None else bottom + df[col]
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    if len(df.columns) > 1:
+        ax.legend(frameon=False, ncols=len(df.columns), loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    return fig
+
+
+def plot_image_grid(rows: dict, col_titles=None, cell: float = 1.2):
+    """A grid of images: one row per key of `rows` (its label on the left), images as PIL images or paths."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    n = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 1, cell * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if c < len(images):
+                im = images[c]
+                ax.imshow(Image.open(im).convert("RGB") if not isinstance(im, Image.Image) else im)
+            else:
+                ax.axis("off")
+            if r == 0 and col_titles is not None and c < len(col_titles):
+                ax.set_title(col_titles[c], fontsize=9)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return fig
+
+
+def plot_examples(index, per_class: int = 4, cell: float = 1.0):
+    """The first `per_class` images of every class of a DatasetIndex, one row per emotion."""
+    rows = {c: [s.path for s in index.samples if s.label == c][:per_class] for c in index.classes}
+    return plot_image_grid(rows, cell=cell)
+
+
+def plot_cue_levels(size: int = 96, seeds: tuple[int, ...] = (0, 1, 2), base: dict | None = None, cell: float = 1.0):
+    """The built-in data's three cues, one at a time: each row flips one cue of `base` (default: class 0's),
+    rendered from the same random seeds, so within a column only that cue (and what it drags along) changes."""
+    import numpy as np
+
+    from . import synth
+
+    base = dict(base or synth.CLASS_FACTORS[synth.CLASSES[0]])
+    rows, titles = {}, []
+    for cue, levels in synth.FACTORS.items():
+        images = []
+        for level in levels:
+            for s in seeds:
+                image, _, _ = synth.render({**base, cue: level}, size, np.random.default_rng([s, 99]))
+                images.append(image)
+        rows[f"{cue}\n({levels[0]} | {levels[1]})"] = images
+    titles = [f"level {lv}, seed {s}" for lv in (1, 2) for s in seeds]
+    return plot_image_grid(rows, titles, cell)
+
+
+def summary_frame(path):
+    """summary.csv as a DataFrame with numbers, plus `step`: the epoch counted across all stages (the x axis)."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    df["step"] = range(1, len(df) + 1)
+    return df
+
+
+def plot_training_curves(summary, columns: dict[str, str], stages=None, title: str = ""):
+    """One panel per `columns` entry (column -> panel title) against the epoch counted across stages; each stage
+    in its own colour, with a dashed line where the next one begins."""
+    import matplotlib.pyplot as plt
+
+    df = summary if stages is None else summary[summary["stage"].isin(stages)]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3), squeeze=False)
+    names = list(dict.fromkeys(df["stage"]))
+    for ax, (col, label) in zip(axes[0], columns.items()):
+        for name in names:
+            part = df[df["stage"] == name]
+            if col in part and part[col].notna().any():
+                ax.plot(part["step"], part[col], marker="o", ms=3, label=name)
+        for name in names[1:]:
+            ax.axvline(df.loc[df["stage"] == name, "step"].min() - 0.5, color="0.6", lw=0.8, ls="--")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch (all stages)")
+    axes[0][-1].legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy(ours: dict[str, float], reference: dict[str, float] | None = None, chance: float | None = None,
+                  ours_label: str = "this run", reference_label: str = "paper (FI)"):
+    """Accuracy bars, all in %: this run's beside the paper's, each labelled with its source, so a number measured
+    here is never mistaken for one quoted from the paper. `chance` (in %) draws a dotted line."""
+    import matplotlib.pyplot as plt
+
+    reference = reference or {}
+    names = list(dict.fromkeys([*ours, *reference]))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.2))
+    width = 0.4
+    for side, values, label in ((-1, ours, ours_label), (1, reference, reference_label)):
+        if values:  # a name with both numbers gets two bars side by side, one with a single number is centred
+            x = [i + (side * width / 2 if n in ours and n in reference else 0) for i, n in enumerate(names)
+                 if n in values]
+            bars = ax.bar(x, [values[n] for n in names if n in values], width, label=label)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    if chance is not None:
+        ax.axhline(chance, color="0.4", ls=":", lw=1, label="chance")
+    ax.set_xticks(range(len(names)), names)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    return fig
+
+
+def plot_changes(changes, title: str = "largest |change| of any weight in the stage"):
+    """Heat map of stage_changes(): rows are training stages, columns modules; an exact 0 (frozen) shows white."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    v = changes.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(0.8 * v.shape[1] + 2, 0.5 * v.shape[0] + 1.2))
+    shown = np.ma.masked_where(v == 0, np.log10(np.where(v > 0, v, 1)))
+    im = ax.imshow(shown, cmap="viridis", aspect="auto")
+    for (i, j), x in np.ndenumerate(v):
+        ax.text(j, i, "0" if x == 0 else f"{x:.1g}", ha="center", va="center", fontsize=7,
+                color="black" if x == 0 else "white")
+    ax.set_xticks(range(v.shape[1]), changes.columns)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(v.shape[0]), changes.index)
+    ax.grid(False)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="log10 |change|")
+    return fig
+
+
+def plot_agreement(x, y, xlabel: str, ylabel: str, title: str = ""):
+    """Scatter of two implementations' outputs for the same inputs: on the diagonal where they agree."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x, y = np.ravel(x), np.ravel(y)
+    fig, ax = plt.subplots(figsize=(3.4, 3.4))
+    lim = float(max(np.abs(x).max(), np.abs(y).max(), 1e-6)) * 1.05
+    ax.plot([-lim, lim], [-lim, lim], color="0.6", lw=0.8)
+    ax.scatter(x, y, s=6, alpha=0.6)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return fig
