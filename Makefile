@@ -12,7 +12,7 @@ DATA ?= data/synthetic
 RUN ?= runs/$(PROFILE)
 KERNEL := emotionlib
 
-.PHONY: setup reproduce test unit lab bench data clean-runs
+.PHONY: setup reproduce test unit lab bench data clean-runs notebooks
 
 setup: $(STAMP)
 
@@ -30,10 +30,17 @@ data: $(DATA)/synth_meta.json
 	$(BIN)/emotionlib data $(DATA)
 
 reproduce: setup
-	$(BIN)/emotionlib reproduce --profile $(PROFILE) --out $(RUN) $(if $(filter-out data/synthetic,$(DATA)),--data $(DATA),)
+	$(BIN)/emotionlib reproduce --profile $(PROFILE) --out $(RUN) --kernel $(KERNEL) $(if $(filter-out data/synthetic,$(DATA)),--data $(DATA),)
 
+# nbval runs the committed notebooks in file order in notebooks/ and compares the cells marked
+# NBVAL_CHECK_OUTPUT with their committed outputs (notebooks/README.md).
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --nbval-lax --nbval-kernel-name $(KERNEL) tests notebooks
+
+# Re-execute the committed notebooks in place with their default parameters: the reference outputs nbval compares
+# against. They reuse runs/smoke when it holds a finished run; remove it first to record the training as well.
+notebooks: setup
+	$(BIN)/emotionlib notebooks --kernel $(KERNEL)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
