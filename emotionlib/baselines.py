@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -251,9 +252,19 @@ def binary_svm(seed: int = 0, c: float = 1.0) -> LinearSVC:
     return LinearSVC(C=c, class_weight="balanced", max_iter=20000, random_state=seed)
 
 
+def binary_logistic(seed: int = 0, c: float = 1.0) -> LogisticRegression:
+    """A new last FC with one sigmoid output, trained with L2-regularised logistic loss (ours: C = 1, balanced)."""
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed)
+
+
 def linear_svm(seed: int = 0, c: float = 1.0) -> Pipeline:
     """Standardised features, then one linear SVM per class (the classifier of every SVM baseline here)."""
     return make_pipeline(StandardScaler(), OneAgainstAll(binary_svm(seed, c)))
+
+
+def linear_fc(seed: int = 0, c: float = 1.0) -> Pipeline:
+    """Standardised features, then a new last FC of one logistic unit per class (Sec. 4.4's fine-tuned layer)."""
+    return make_pipeline(StandardScaler(), OneAgainstAll(binary_logistic(seed, c)))
 
 
 def svm_scores(clf, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -545,5 +556,5 @@ def _cnn_baseline(name, net, pretrained, rd, classes, cfg, run, device, progress
 
 
 __all__ = ["BASELINES", "FEATURE_NAMES", "OneAgainstAll", "run_baseline", "handcrafted_features",
-           "handcrafted_feature_dict", "linear_svm", "load_weights", "resolve_weights", "build_network",
+           "handcrafted_feature_dict", "linear_svm", "linear_fc", "load_weights", "resolve_weights", "build_network",
            "alexnet_fc7", "resnet_pool5", "five_crop_features", "cached_weights"]

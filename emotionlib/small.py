@@ -2,20 +2,23 @@
 
     a model pre-trained on the large set (a finished run folder)
     -> frozen features of every small-set image, averaged over its five crops
-    -> a new last FC: one binary linear classifier per class, "one against all" (Machajdik & Hanbury 2010)
+    -> a new last layer: one binary linear classifier per class, "one against all" (Machajdik & Hanbury 2010)
     -> stratified K-fold cross-validation (K = 5) -> true-positive rate per class, and its mean
 
-Every compared method goes through the same folds and the same classifier, so only the features differ:
-the unified CNN-RNN's (the input of its last FC: H of the Bi-GRU, Eq. 10), the hand-crafted subset of
-`emotionlib.baselines`, AlexNet fc7 and optionally ResNet-101 pool5 (ImageNet weights from a local file,
-else random initialisation, said so in the label). A class with fewer than `min_count` images is left out
-with a warning (the paper leaves out IAPS anger, 8 images).
+Every compared method goes through the same folds and gets a new last layer of one binary linear
+classifier per class on its frozen features: the unified CNN-RNN's (the input of its last FC: H of the
+Bi-GRU, Eq. 10) and optionally ResNet-101 pool5 a logistic unit each (the paper fine-tunes their last FC),
+the hand-crafted subset of `emotionlib.baselines` and AlexNet fc7 a linear SVM each (their names say SVM).
+AlexNet and ResNet-101 load ImageNet weights from a local file, else start from random initialisation,
+said so in their label. A class with fewer than `min_count` images is left out with a warning (the paper
+leaves out IAPS anger, 8 images).
 
 The paper's Fig. 7 and 8 are bar charts without printed numbers, so no paper values are stored here.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import warnings
@@ -28,7 +31,7 @@ import torch
 
 from . import __version__
 from .baselines import (FEATURE_SIZE, alexnet_fc7, build_network, cnn_input_size, five_crop_features,
-                        handcrafted_matrix, linear_svm, load_weights, resnet_pool5, resolve_weights)
+                        handcrafted_matrix, linear_fc, linear_svm, load_weights, resnet_pool5, resolve_weights)
 from .data import DatasetIndex, open_dataset, scan_artphoto, scan_iaps
 from .errors import ConfigError, DataError, RunFolderError
 from .evaluate import confusion_matrix, per_class_tpr
@@ -37,11 +40,34 @@ from .utils import atomic_path, read_json, resolve_device, write_json
 LAYOUTS = ("artphoto", "iaps", "fi")
 METHODS = ("ours", "handcrafted-svm", "alexnet-svm", "resnet101")
 DEFAULT_METHODS = ("ours", "handcrafted-svm", "alexnet-svm")
+#: The new last layer of each method, as the paper describes the methods: "fine-tune the last fully connected
+#: layer" for ours (and for ResNet-101, a fine-tuned network in Sec. 4.2), a linear SVM for the "+ SVM" baselines.
+#: Either way one binary linear classifier per class on standardised features, one against all.
+CLASSIFIERS: dict[str, Callable[[int], Any]] = {"ours": linear_fc, "resnet101": linear_fc,
+                                                "handcrafted-svm": linear_svm, "alexnet-svm": linear_svm}
+CLASSIFIER_NAMES = {linear_fc: "new last FC: one logistic unit per class (L2, C=1, balanced)",
+                    linear_svm: "one linear SVM per class (C=1, balanced)"}
 PAPER_NOTE = ("The paper reports Sec. 4.4 only as bar charts (Fig. 7 ArtPhoto, Fig. 8 IAPS-subset) without printed "
               "numbers; every number here is this run's.")
 
 
+#: The built-in stand-in for ArtPhoto: the synthetic generator in ArtPhoto's flat layout (`sad_1.jpg`), with
+#: another seed than the large set (0) and shifted nuisances (other hues within each palette, smaller objects,
+#: more clutter, harsher light), so that, as in Sec. 4.4, the small set is not drawn like the large one.
+SYNTHETIC_SMALL = {"per_class": 25, "layout": "artphoto", "seed": 1, "shift": 0.5}
+
+
 # ----------------------------------------------------------------------------- data, classes, folds
+
+
+def ensure_small_data(path: str | os.PathLike, progress: bool = False) -> Path:
+    """The small dataset folder: generated (SYNTHETIC_SMALL) when missing; a folder of real images is left alone."""
+    from .synth import generate
+
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / "synth_meta.json").exists():
+        return path  # ArtPhoto or IAPS as downloaded
+    return generate(path, progress=progress, **SYNTHETIC_SMALL)
 
 
 def open_small_dataset(data: str | os.PathLike, layout: str, progress: bool = False) -> DatasetIndex:
@@ -95,6 +121,19 @@ def cross_validated_predictions(x: np.ndarray, y: np.ndarray, fold: np.ndarray, 
         test = fold == k
         pred[test] = make_classifier(seed).fit(x[~test], y[~test]).predict(x[test])
     return pred
+
+
+def _fit_quietly(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, int]:
+    """fn() and the number of solver convergence warnings it raised: counted in metrics.json, not printed."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        out = fn()
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out, sum(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
 def tpr_summary(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -170,15 +209,22 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
         raise DataError(f"--data {data_dir} does not exist; see data/README.md for ArtPhoto and IAPS-subset")
     weights = {"alexnet-svm": ("alexnet", alexnet_weights), "resnet101": ("resnet101", resnet_weights)}
     provenance = {m: resolve_weights(*weights[m])[1] for m in methods if m in weights}
-    settings = {"pretrained_run": str(pretrained_run), "data": str(data_dir), "layout": layout, "folds": folds,
-                "min_count": min_count, "seed": seed, "methods": methods,
-                "weights": {m: p["weights"] for m, p in provenance.items()}}
+    model_file = run / "checkpoints" / "model.pt"
+    if not model_file.exists():
+        raise RunFolderError(f"--run {run} holds no trained model ({model_file} is missing); train it first")
+    # resolved paths and the model's hash: the same protocol whichever way the folders are spelt, and a
+    # retrained model is a different protocol
+    settings = {"pretrained_run": str(run.resolve()), "pretrained_sha256": _sha256(model_file),
+                "data": str(Path(data_dir).resolve()), "layout": layout, "folds": folds, "min_count": min_count,
+                "seed": seed, "methods": methods, "weights": {m: p["weights"] for m, p in provenance.items()}}
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):
-        done = (out / "metrics.json").exists() and (out / "config.json").exists()
-        if done and read_json(out / "config.json").get("settings") == settings:
+        saved = read_json(out / "config.json").get("settings", {}) if (out / "config.json").exists() else None
+        if saved == settings and (out / "metrics.json").exists():
             return read_json(out / "metrics.json")
-        raise RunFolderError(f"--out {out} already exists and holds something else; choose another --out")
+        what = "something else" if saved is None else \
+            f"a protocol run with other {', '.join(k for k in settings if saved.get(k) != settings[k]) or 'settings'}"
+        raise RunFolderError(f"--out {out} already holds {what}; choose another --out or delete it")
 
     dev = resolve_device(device)
     model, cfg, _ = load_run(run, dev)
@@ -213,17 +259,20 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
             del net
         x, yy = x[np.argsort(idx)], yy[np.argsort(idx)]  # back to index order (the loader does not shuffle)
         assert (yy == y).all()
-        preds[m] = cross_validated_predictions(x, y, fold, seed)
+        preds[m], unconverged = _fit_quietly(lambda: cross_validated_predictions(x, y, fold, seed, CLASSIFIERS[m]))
         label = method_label(m, cfg.model.variant, provenance.get(m))
-        results[m] = {"label": label, "feature_dim": int(x.shape[1]), **info, **tpr_summary(y, preds[m], fold, classes)}
+        results[m] = {"label": label, "feature_dim": int(x.shape[1]), **info,
+                      "classifier": CLASSIFIER_NAMES[CLASSIFIERS[m]], "convergence_warnings": unconverged,
+                      **tpr_summary(y, preds[m], fold, classes)}
 
     table = tpr_table(results, classes)
-    metrics = {"protocol": "Sec. 4.4: frozen features, one-against-all linear SVMs (a new last FC per class), "
+    metrics = {"protocol": "Sec. 4.4: frozen features, a new last layer of one binary linear classifier per class "
+                           "(one against all), "
                            f"stratified {folds}-fold cross-validation, true-positive rate per class",
                "classes": classes, "counts": index.counts(), "excluded_classes": excluded, "n_images": len(y),
                "folds": folds, "seed": seed, "layout": layout, "data": str(data_dir),
                "pretrained": {"run": str(pretrained_run), "variant": cfg.model.variant, "profile": cfg.profile,
-                              "classes": pre.get("classes")},
+                              "classes": pre.get("classes"), "sha256": settings["pretrained_sha256"]},
                "methods": results, "paper_note": PAPER_NOTE}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"settings": settings, "emotionlib": __version__})
@@ -279,6 +328,14 @@ def plot_tpr(table: pd.DataFrame, title: str | None = None):
     return fig
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def _relative(p: Path, root: Path) -> str:
     try:
         return Path(p).relative_to(root).as_posix()
@@ -326,6 +383,6 @@ def cmd_small(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_small", "stratified_folds", "exclude_small_classes", "cross_validated_predictions", "tpr_summary",
+__all__ = ["run_small", "ensure_small_data", "SYNTHETIC_SMALL", "stratified_folds", "exclude_small_classes", "cross_validated_predictions", "tpr_summary",
            "tpr_table", "load_table", "plot_tpr", "unified_features", "open_small_dataset", "add_parser", "METHODS",
            "DEFAULT_METHODS", "LAYOUTS", "PAPER_NOTE"]

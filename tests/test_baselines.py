@@ -98,15 +98,16 @@ def test_features_of_a_black_white_edge():
 # ----------------------------------------------------------------------------- one against all
 
 
-def test_one_against_all_equals_sklearn_one_vs_rest():
+@pytest.mark.parametrize("binary", [B.binary_svm, B.binary_logistic])
+def test_one_against_all_equals_sklearn_one_vs_rest(binary):
     from sklearn.multiclass import OneVsRestClassifier
 
     rng = np.random.default_rng(0)
     centres = np.array([[0, 0, 0], [2, 0, 1], [0, 2, -1], [2, 2, 2]])
     y = np.repeat(np.arange(4), [30, 10, 20, 15])
     x = centres[y] + rng.normal(0, 1.0, (len(y), 3))
-    ours = B.OneAgainstAll(B.binary_svm(seed=0)).fit(x, y)
-    ref = OneVsRestClassifier(B.binary_svm(seed=0)).fit(x, y)
+    ours = B.OneAgainstAll(binary(seed=0)).fit(x, y)
+    ref = OneVsRestClassifier(binary(seed=0)).fit(x, y)
     np.testing.assert_allclose(ours.decision_function(x), ref.decision_function(x), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(ours.predict(x), ref.predict(x))
     assert (ours.predict(x) == y).mean() > 0.6  # a real classifier, not a constant

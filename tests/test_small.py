@@ -142,8 +142,10 @@ def test_protocol_end_to_end(pretrained, small_data, tmp_path, monkeypatch):
     assert "without printed numbers" in m["paper_note"] and "Fig. 7" in m["paper_note"]
     # rerunning into the finished folder returns its results without computing anything
     monkeypatch.setattr(S, "five_crop_features", lambda *a, **k: pytest.fail("recomputed"))
-    assert S.run_small(pretrained, small_data, out, folds=5, min_count=5, alexnet_weights="none")["methods"] == m["methods"]
-    with pytest.raises(RunFolderError, match="holds something else"):
+    spelt_otherwise = pretrained.parent / ".." / pretrained.parent.name / pretrained.name
+    again = S.run_small(spelt_otherwise, small_data, out, folds=5, min_count=5, alexnet_weights="none")
+    assert again["methods"] == m["methods"]
+    with pytest.raises(RunFolderError, match="holds a protocol run with other folds"):
         S.run_small(pretrained, small_data, out, folds=4, min_count=5, alexnet_weights="none")
 
 
