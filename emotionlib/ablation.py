@@ -358,6 +358,15 @@ class BaseRun:
         return self.path / "split.csv"
 
     @property
+    def fingerprint(self) -> str:
+        """The stage-main.pt file's hash: a sweep folder belongs to exactly one base CNN."""
+        h = hashlib.sha256()
+        with open(self.stage_main, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:16]
+
+    @property
     def label(self) -> str:
         """The run's name without this machine's absolute path, e.g. `smoke/train`."""
         return "/".join(self.path.resolve().parts[-2:])
@@ -430,7 +439,7 @@ def _finished(folder: Path, base: "BaseRun") -> dict[str, Any] | None:
     done = folder / "metrics.json"
     if done.exists():
         m = read_json(done)
-        if m.get("base_cnn") == base.label:
+        if m.get("base_fingerprint") == base.fingerprint:
             return m
     return None
 
@@ -460,6 +469,14 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
     for v in variants:
         parse_variant(v)
     out = Path(out_dir)
+    meta = {"base_cnn": base.label, "base_fingerprint": base.fingerprint}
+    if (out / "sweep.json").exists():
+        old = read_json(out / "sweep.json")
+        if old.get("base_fingerprint") != meta["base_fingerprint"]:
+            raise RunFolderError(f"{out} holds a sweep of another base CNN (of {old.get('base_cnn')}, since retrained "
+                                 "or replaced); choose another out_dir, or delete it to sweep again")
+    else:
+        write_json(out / "sweep.json", meta)  # claims the folder for this base before anything is trained
     n_base = base.cfg.model.n_branches
     todo = [v for v in variants if _finished(out / v, base) is None]
     parts = base.parts() if todo else {}
@@ -500,7 +517,7 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
 
     save_table(df, out / "ablation.csv", index=False)
     if todo:
-        write_json(out / "sweep.json", {"base_cnn": base.label, "variants": list(variants), "profile": cfg.profile,
+        write_json(out / "sweep.json", {**meta, "variants": list(variants), "profile": cfg.profile,
                                         "trained_now": todo, "feature_seconds": feature_seconds,
                                         "views": SPLIT_VIEWS})
     return df
@@ -526,7 +543,7 @@ def _run_variant(variant: str, base: BaseRun, data_dir: Path, folder: Path, vcfg
             new = "the new FC_5" if n_branches < base.cfg.model.n_branches else "the new branch 0 and FC_5"
             trained = f"{new} trained on the frozen CNN of {base.label}, then a head on cached features"
     m.update(variant=variant, table1_row=row_label(variant), paper_fi_accuracy=TABLE1_VARIANTS.get(variant),
-             trained=trained, base_cnn=base.label, profile=vcfg.profile, classes=base.classes,
+             trained=trained, base_cnn=base.label, base_fingerprint=base.fingerprint, profile=vcfg.profile, classes=base.classes,
              seconds=round(cnn_seconds + time.perf_counter() - start, 2))
     write_json(folder / "metrics.json", m)
     return m
@@ -645,10 +662,11 @@ def plot_confusions(confusion, classes: Sequence[str], run_label: str):
 
     panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
     panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
-    fig, axes = plt.subplots(1, 3, figsize=(19, 6.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 6.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
     for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
         sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
-                    square=True, cbar=i == 2, xticklabels=names, yticklabels=names, ax=ax)
+                    square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
+                    yticklabels=names, ax=ax)
         ax.set_title(title)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true" if i == 0 else "")

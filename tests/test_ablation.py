@@ -259,6 +259,19 @@ def test_sweep_all_variants_share_the_base_split(sweep, base_run):
         assert (folder / "split.csv").read_text() == base_split
 
 
+def test_sweep_folder_of_another_base_is_refused(sweep, base_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other" / "train"
+    shutil.copytree(base_run, other)
+    state = torch.load(other / "checkpoints" / "stage-main.pt", weights_only=True)
+    state["model"]["main.classifier.bias"] += 1.0  # "retrained": another CNN in the same place
+    torch.save(state, other / "checkpoints" / "stage-main.pt")
+    out, _ = sweep
+    with pytest.raises(RunFolderError, match="another base CNN"):
+        run_sweep(other, None, out, variants=SMALL_SWEEP, progress=False)
+
+
 def test_sweep_needs_a_trained_cnn(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunFolderError, match="stage-main.pt"):
