@@ -22,6 +22,7 @@ class DataConfig:
     same_fraction: float = 0.5  # (ours) share of same-class pairs for the contrastive loss
     num_workers: int = 8
     cache: bool = False  # keep decoded, resized images in memory (the smoke profile does)
+    disk_cache: str = ""  # a folder for decoded, resized images (data.DiskCache: same tensors, no memory); "" = off
     max_pixels: int = 89_478_485  # PIL's decompression-bomb limit
 
 
@@ -44,7 +45,8 @@ class TrainConfig:
     contrastive_weight: float = 1.0  # Eq. 5 sums both objectives with weight 1
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC activations; `emotionlib bench` measures whether it is faster
+    compile: bool = False  # torch.compile the training step; `emotionlib bench` measures whether it is faster
     deterministic: bool = False
     seed: int = 0
     eval_every: int = 1  # validate every N epochs
@@ -152,9 +154,9 @@ def validate(cfg: Config) -> Config:
 
 
 def config_diff(a: Config, b: Config) -> list[str]:
-    """Dotted names whose values differ (device and worker count are allowed to change on resume)."""
+    """Dotted names whose values differ (device, worker count and disk cache may change on resume)."""
     fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
-    ignore = {"train.device", "data.num_workers"}
+    ignore = {"train.device", "data.num_workers", "data.disk_cache"}
     return sorted(k for k in fa.keys() | fb.keys() if k not in ignore and fa.get(k) != fb.get(k))
 
 

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from . import __version__
+from . import __version__, distributed
 from .config import Config, config_diff, validate
 from .data import DatasetIndex, EmotionDataset, PairBatchSampler, make_split, open_dataset, read_split, write_split
+from .distributed import Dist
 from .errors import CheckpointError, ConfigError, EmotionLibError, RunFolderError
 from .evaluate import predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
@@ -215,11 +216,28 @@ def stage_epochs(stage: Stage, cfg: Config) -> int:
 # ----------------------------------------------------------------------------- one epoch
 
 
+class StageStep(nn.Module):
+    """The forward pass one stage trains, as a module of its own: what DistributedDataParallel wraps (its gradient
+    hooks are armed in forward(), so calling model.extract directly would bypass them) and torch.compile compiles.
+    CNN stages: {head: (V, logits)} of the stage's heads; the fusion stage: the variant's final logits."""
+
+    def __init__(self, model: UnifiedCNNRNN, stage: Stage):
+        super().__init__()
+        self.model = model
+        self.heads = None if stage.name == "fusion" else list(stage.heads)
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x) if self.heads is None else self.model.extract(x, self.heads)
+
+
 def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, optimizers: list[torch.optim.Optimizer],
-                    cfg: Config, device: torch.device, bar=None) -> dict[str, float]:
+                    cfg: Config, device: torch.device, bar=None, step: nn.Module | None = None,
+                    dist: Dist | None = None) -> dict[str, float]:
     """One pass over the training split. CNN stages use the multi-task loss of Eq. 5 on every head the stage
-    trains; the fusion stage uses Eq. 11."""
+    trains; the fusion stage uses Eq. 11. `step`: the StageStep to run (wrapped in DDP or compiled; default a
+    plain one); with `dist`, the row sums every rank's images."""
     t = cfg.train
+    step = StageStep(model, stage) if step is None else step
     sums: dict[str, float] = {}
     n_seen = correct = 0
     start = time.perf_counter()
@@ -230,10 +248,10 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, t.amp):
             if stage.name == "fusion":
-                logits = model(x)
+                logits = step(x)
                 loss, parts = fusion_loss(logits, y, model.head.weight_matrices(), t.reg_lambda, t.reg_squared)
             else:
-                out = model.extract(x, stage.heads)
+                out = step(x)
                 loss, parts = 0.0, {}
                 for k in stage.heads:
                     v, logits = out[k]
@@ -258,6 +276,10 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
     seconds = time.perf_counter() - start
+    if dist is not None and dist.enabled:  # the epoch of all ranks together: their images, losses, hits
+        keys = sorted(sums)
+        total = dist.all_sum([n_seen, correct, *(sums[k] for k in keys)], device)
+        n_seen, correct, sums = int(total[0]), total[1], dict(zip(keys, total[2:]))
     row = {f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()}
     row.update(train_acc=correct / max(n_seen, 1), seconds=round(seconds, 3),
                images_per_s=round(n_seen / seconds, 2) if seconds > 0 else float("nan"))
@@ -311,7 +333,7 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
     d = cfg.data
     ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
                         resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
-                        cache=d.cache)
+                        cache=d.cache, disk_cache=d.disk_cache or None)
     kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
                               persistent_workers=d.num_workers > 0)
     if batch_sampler is not None:
@@ -328,7 +350,23 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     are skipped where the architectures agree (the ablation sweep's shared CNN). `until` stops after the stage
     of that name (e.g. "main": the CNN is trained, the fusion not yet; rerun with resume=True to go on).
     `stop_after_epochs` stops after that many epochs in total (for tests of resuming).
+
+    Started by torchrun (WORLD_SIZE > 1), every process trains with DistributedDataParallel on its share of the
+    batches (emotionlib.distributed); rank 0 alone writes the run folder and evaluates, and every rank returns
+    the same metrics.
     """
+    dist = distributed.init(cfg.train.device)
+    try:
+        return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv, progress=progress and dist.is_main,
+                    init_from=init_from, stop_after_epochs=stop_after_epochs, until=until)
+    finally:
+        dist.close()
+
+
+def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, init_from,
+               world_size: int) -> tuple[RunFolder, Config, RunData | None, Any, dict[str, Any] | None]:
+    """Open (or resume) the run folder and write config.json, run.json, split.csv and skipped.csv: rank 0's work.
+    Returns (run, cfg, data, init_from, metrics of a run that is already complete)."""
     run = RunFolder.open(out, resume)
     if (run.path / "config.json").exists():
         saved = Config.from_dict(read_json(run.path / "config.json")["config"])
@@ -340,9 +378,7 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     else:
         validate(cfg)
     if run.complete:
-        return read_json(run.path / "metrics.json")
-    set_deterministic(cfg.train.deterministic)
-    device = resolve_device(cfg.train.device)
+        return run, cfg, None, init_from, read_json(run.path / "metrics.json")
     rd = prepare_data(cfg, data, run, split_csv, progress)
     classes = rd.index.classes
     from dataclasses import replace
@@ -352,10 +388,22 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
         write_json(run.path / "config.json", {"config": cfg.to_dict(), "emotionlib": __version__})
         write_json(run.path / "run.json", {"data_root": str(rd.index.root.resolve()), "classes": classes,
                                            "variant": cfg.model.variant, "profile": cfg.profile,
-                                           "torch": torch.__version__, "init_from": str(init_from) if init_from else None})
-
+                                           "torch": torch.__version__, "init_from": str(init_from) if init_from else None,
+                                           "world_size": world_size})
     if init_from is None:  # a resumed run keeps the base it started from
         init_from = read_json(run.path / "run.json").get("init_from")
+    return run, cfg, rd, init_from, None
+
+
+def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progress: bool, init_from,
+         stop_after_epochs: int | None, until: str | None) -> dict[str, Any]:
+    run, cfg, rd, init_from, complete = dist.on_main(
+        lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size))
+    if complete is not None:
+        return complete
+    set_deterministic(cfg.train.deterministic)
+    device = dist.device(cfg.train.device)
+    classes = rd.index.classes
     torch.manual_seed(derive_seed(cfg.train.seed, "init"))
     model = UnifiedCNNRNN(cfg.model).to(device)
     if cfg.train.channels_last:
@@ -376,7 +424,8 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
         done_stages |= set(state.get("done_stages", []))
 
     train_loader_cache: dict[str, DataLoader] = {}
-    val_loader = make_loader(rd.val, classes, cfg, train=False) if rd.val.samples else None
+    # validation and the final evaluation run on rank 0 alone, while the other ranks wait at a barrier
+    val_loader = make_loader(rd.val, classes, cfg, train=False) if rd.val.samples and dist.is_main else None
     epochs_run = 0
     for si, stage in enumerate(stages):
         n_epochs = stage_epochs(stage, cfg)
@@ -394,49 +443,63 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
                 sch.load_state_dict(s)
         kind = "fusion" if stage.name == "fusion" else "pairs"
         if kind not in train_loader_cache:
-            targets = rd.train.targets
-            sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed) if kind == "fusion"
-                       else PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed))
+            targets, n_ranks, rank = rd.train.targets, dist.world_size, dist.rank
+            sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed, n_ranks, rank)
+                       if kind == "fusion" else
+                       PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed, n_ranks,
+                                        rank))
             train_loader_cache[kind] = make_loader(rd.train, classes, cfg, train=True, batch_sampler=sampler)
         loader = train_loader_cache[kind]
+        # A fresh DDP per stage: each stage trains other parameters, and DDP fixes its set when it is built. In the
+        # fusion stage the branch classifiers (Eq. 1) are outside Eq. 11's loss, so DDP must look for unused ones.
+        set_trainable(model, modules)
+        step = dist.wrap(StageStep(model, stage), find_unused_parameters=stage.name == "fusion" and len(modules) > 1)
+        if cfg.train.compile:
+            step = torch.compile(step)
         bar = progress_bar(total=(n_epochs - first_epoch) * len(loader), desc=f"{stage.name:>16}", enabled=progress)
         for epoch in range(first_epoch, n_epochs):
             set_trainable(model, modules)
-            epoch_seed = derive_seed(cfg.train.seed, si, epoch)
+            epoch_seed = derive_seed(cfg.train.seed, si, epoch, *(("rank", dist.rank) if dist.rank else ()))
             torch.manual_seed(epoch_seed)  # dropout: a resumed epoch draws what an uninterrupted one draws
             loader.batch_sampler.set_epoch(derive_seed(si, epoch))
             loader.dataset.set_epoch(derive_seed(si, epoch))
             try:
-                row = train_one_epoch(model, stage, loader, optimizers, cfg, device, bar)
+                row = train_one_epoch(model, stage, loader, optimizers, cfg, device, bar, step, dist)
             except TrainingError as e:
                 raise TrainingError(f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
                                     f"{run.last if run.last.exists() else 'none'}") from None
             lr = optimizers[0].param_groups[0]["lr"]
             for sch in schedulers:
                 sch.step()  # staircase: x lr_gamma every lr_step epochs (Sec. 4.1)
-            val_acc = float("nan")
-            if val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
-                head = None if stage.name == "fusion" else stage.heads[-1]
-                p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp)
-                val_acc = float((p.argmax(1) == y).mean())
-            run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row, "val_acc": val_acc})
-            save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
-                                       "optimizers": [o.state_dict() for o in optimizers],
-                                       "schedulers": [s.state_dict() for s in schedulers],
-                                       "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+            if dist.is_main:
+                val_acc = float("nan")
+                if val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
+                    head = None if stage.name == "fusion" else stage.heads[-1]
+                    p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp)
+                    val_acc = float((p.argmax(1) == y).mean())
+                run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row, "val_acc": val_acc})
+                save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
+                                           "optimizers": [o.state_dict() for o in optimizers],
+                                           "schedulers": [s.state_dict() for s in schedulers],
+                                           "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+            dist.barrier()
             epochs_run += 1
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
                 bar.close()
                 return {"stopped_after_epochs": epochs_run}
         bar.close()
+        dist.check_in_sync(model, device)
         done_stages.add(stage.name)
-        save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt", {"model": model.state_dict(), "config": cfg.to_dict()})
-        save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
-                                   "schedulers": [], "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+        if dist.is_main:
+            save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt",
+                            {"model": model.state_dict(), "config": cfg.to_dict()})
+            save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
+                                       "schedulers": [], "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+        dist.barrier()
         state = None
         if stage.name == until:
             return {"stopped_after_stage": until}
-    return finish(model, cfg, rd, run, device)
+    return dist.on_main(lambda: finish(model, cfg, rd, run, device))
 
 
 def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage]) -> set[str]:
