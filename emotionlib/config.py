@@ -43,6 +43,7 @@ class TrainConfig:
     reg_squared: bool = False  # Eq. 11 prints the norm; True uses its square (weight-decay reading)
     margin: float = 1.0  # Eq. 4: mu
     contrastive_weight: float = 1.0  # Eq. 5 sums both objectives with weight 1
+    contrastive_normalize: bool = True  # (ours) Eq. 3-4 on unit-length features, so mu = 1 has a fixed meaning
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only
     channels_last: bool = False  # NHWC activations; `emotionlib bench` measures whether it is faster

@@ -25,15 +25,18 @@ def contrastive_loss(va: torch.Tensor, vb: torch.Tensor, same: torch.Tensor, mar
 
 
 def multitask_loss(logits: torch.Tensor, features: torch.Tensor, targets: torch.Tensor, margin: float = 1.0,
-                   contrastive_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+                   contrastive_weight: float = 1.0, normalize: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 5 for a batch of pairs: L = L_cls(V_a) + L_cls(V_b) + [l=1] L+ + [l=-1] L-, averaged over pairs.
 
     L_cls is the negative log-likelihood of the softmax of Eq. 1-2 (cross-entropy on the logits W V).
     `contrastive_weight` is 1 in the paper; 0 turns the contrastive objective off (an ablation, ours).
+    `normalize` (ours) measures the distance between unit-length features: the paper's margin mu = 1 on a squared
+    distance presumes some feature scale, and on raw ReLU features the unbounded Eq. 3 term can dwarf the
+    classification loss and collapse the features (we saw chance-level training on the CPU profile).
     """
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
     ce_a, ce_b = pair_views(ce)
-    va, vb = pair_views(features)
+    va, vb = pair_views(F.normalize(features.float(), dim=1) if normalize else features)
     ya, yb = pair_views(targets)
     cls = (ce_a + ce_b).mean()
     con = contrastive_loss(va, vb, ya == yb, margin)

@@ -110,8 +110,21 @@ class RunFolder:
         return run
 
     def append_summary(self, row: dict[str, Any]) -> None:
+        self.write_summary(read_summary(self.path / "summary.csv") + [row])
+
+    def truncate_summary(self, stage_names: list[str], stage: int, epoch: int) -> None:
+        """Drop rows past the checkpoint (stage index, epochs done): a process killed between writing a row and its
+        checkpoint must not leave a duplicate row after --resume."""
+        order = {name: i for i, name in enumerate(stage_names)}
+        keep = [r for r in read_summary(self.path / "summary.csv")
+                if (order[r["stage"]], int(r["epoch"])) <= (stage, epoch)]
+        self.write_summary(keep)
+
+    def write_summary(self, rows: list[dict[str, Any]]) -> None:
         path = self.path / "summary.csv"
-        rows = read_summary(path) + [row]
+        if not rows:
+            write_text(path, "")
+            return
         cols: list[str] = []
         for r in rows:
             cols += [c for c in r if c not in cols]
@@ -255,7 +268,7 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
                 loss, parts = 0.0, {}
                 for k in stage.heads:
                     v, logits = out[k]
-                    lk, pk = multitask_loss(logits, v, y, t.margin, t.contrastive_weight)
+                    lk, pk = multitask_loss(logits, v, y, t.margin, t.contrastive_weight, t.contrastive_normalize)
                     loss = loss + lk
                     for name, val in pk.items():
                         parts[name] = parts.get(name, 0.0) + val
@@ -421,6 +434,8 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
         state = load_checkpoint(run.last, device)
         load_model_state(model, state["model"], run.last)
         start_stage, start_epoch = state["stage"], state["epoch"]
+        if dist.is_main:
+            run.truncate_summary([st.name for st in stages], start_stage, start_epoch)
         done_stages |= set(state.get("done_stages", []))
 
     train_loader_cache: dict[str, DataLoader] = {}

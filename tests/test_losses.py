@@ -61,3 +61,17 @@ def test_norm_gradient_has_length_lambda_unlike_weight_decay():
 def test_odd_batch_is_rejected():
     with pytest.raises(ValueError):
         multitask_loss(torch.zeros(3, 2), torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+
+
+def test_normalized_contrastive_uses_unit_length_features():
+    logits = torch.zeros(2, 2)
+    targets = torch.tensor([0, 1])  # a different-class pair
+    feats = torch.tensor([[10.0, 0.0], [0.0, 0.5]])  # unit vectors e1, e2: squared distance 2 > mu
+    _, raw = multitask_loss(logits, feats, targets, margin=1.0)
+    _, unit = multitask_loss(logits, feats, targets, margin=1.0, normalize=True)
+    assert raw["contrastive"] == pytest.approx(0.0)  # ||(10,-0.5)||^2 = 100.25 > 1
+    assert unit["contrastive"] == pytest.approx(0.0)
+    same = torch.tensor([0, 0])
+    _, raw = multitask_loss(logits, feats, same)
+    _, unit = multitask_loss(logits, feats, same, normalize=True)
+    assert raw["contrastive"] == pytest.approx(100.25) and unit["contrastive"] == pytest.approx(2.0)
