@@ -320,6 +320,7 @@ def plot_tpr(table: pd.DataFrame, title: str | None = None):
     ax.axhline(1 / (len(groups) - 1), color="0.4", ls="--", lw=1, label="chance (1 / classes)")
     ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.set_ylim(0, 1)
+    ax.grid(axis="x", visible=False)  # vertical grid lines would run through the groups
     ax.set_ylabel("true-positive rate")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if title:
