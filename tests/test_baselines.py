@@ -203,9 +203,11 @@ def test_handcrafted_svm_end_to_end(tiny_data, tmp_path):
     assert saved["baseline"] == "handcrafted-svm" and saved["settings"]["features"] == list(B.FEATURE_NAMES)
     for name in ("run.json", "split.csv", "skipped.csv", "metrics.json"):
         assert (tmp_path / "hc" / name).exists()
-    # deterministic, and resume returns the finished metrics
-    again = B.run_baseline("handcrafted-svm", tiny_cfg(), tiny_data, tmp_path / "hc2", progress=False)
+    # deterministic; another run can reuse the split (the same test images); resume returns the finished metrics
+    again = B.run_baseline("handcrafted-svm", tiny_cfg(), tiny_data, tmp_path / "hc2",
+                           split_csv=tmp_path / "hc/split.csv", progress=False)
     assert again["confusion"] == m["confusion"]
+    assert (tmp_path / "hc2/split.csv").read_text() == (tmp_path / "hc/split.csv").read_text()
     done = B.run_baseline("handcrafted-svm", tiny_cfg(), None, tmp_path / "hc", resume=True)
     assert (done["confusion"], done["test_accuracy"]) == (m["confusion"], m["test_accuracy"])
 
@@ -259,3 +261,14 @@ def test_cli_trains_a_baseline_and_errors_are_one_line(tiny_data, tmp_path, caps
     main(["variants"])
     listing = capsys.readouterr().out
     assert all(name in listing for name in B.BASELINES) and "57.89%" in listing
+
+
+def test_feature_taps_are_the_inputs_of_the_last_layer(resnet):
+    """fc7 and pool5 are what the replaced last layer reads: last_layer(features) is the network's output."""
+    x = torch.randn(2, 3, 64, 64)
+    alexnet = B.build_network("alexnet").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(alexnet.classifier[6](B.alexnet_fc7(alexnet, x)), alexnet(x))
+        resnet.eval()
+        torch.testing.assert_close(resnet.fc(B.resnet_pool5(resnet, x)), resnet(x))
+    assert B.alexnet_fc7(alexnet, x).shape == (2, 4096) and B.resnet_pool5(resnet, x).shape == (2, 2048)

@@ -109,6 +109,20 @@ def test_iaps_layout_leaves_out_anger_with_eight_images(tmp_path, make_image):
     assert kept.classes == ["amusement", "fear"] and excluded == {"anger": 8}
 
 
+def test_our_features_are_the_input_of_the_last_fc(pretrained):
+    """H of the Bi-GRU (Eq. 10): the layer the protocol replaces maps it to the model's own output."""
+    import torch
+
+    from emotionlib.train import load_run
+
+    model, cfg, _ = load_run(pretrained)
+    x = torch.randn(3, 3, cfg.data.crop, cfg.data.crop)
+    with torch.no_grad():
+        h = S.unified_features(model)(x)
+        torch.testing.assert_close(model.head.fc(h), model(x))
+    assert h.shape == (3, 2 * cfg.model.rnn_hidden)
+
+
 # ----------------------------------------------------------------------------- the whole protocol
 
 
