@@ -630,7 +630,7 @@ def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | No
     ax.set_title(f"{run_label}")
     from matplotlib.patches import Patch
 
-    handles = [Patch(color="C0", label="head on the shared frozen CNN"), Patch(color="C1", label="own CNN training"),
+    handles = [Patch(color="C0", label="head on the shared frozen CNN"), Patch(color="C1", label="trains (part of) its own CNN"),
                Patch(color="C2", label="base run, CNN fine-tuned")]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0][:1], loc="lower right", fontsize=8)
     paper = df["paper_FI_acc"].astype(float)
@@ -683,12 +683,12 @@ def top_confusions(confusion, classes: Sequence[str], k: int = 3) -> list[tuple[
     return [(classes[i], classes[j], float(cm[i, j])) for i, j in zip(*np.unravel_index(flat, cm.shape))]
 
 
-def tpr_table(metrics: Mapping[str, Any], run_label: str) -> pd.DataFrame:
+def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.DataFrame:
     """True-positive rate per class (the confusion diagonal): this run beside the paper's two, by class name.
     A class of the run that FI lacks gets NaN in the paper's columns, and the other way round."""
     run = dict(metrics["per_class_tpr"])
     names = list(metrics["classes"]) + [c for c in PAPER_CLASSES if c not in metrics["classes"]]
-    cols = {f"this run ({run_label})": [run.get(c, float("nan")) for c in names]}
+    cols = {run_label: [run.get(c, float("nan")) for c in names]}
     for title, cm in paper_confusions().items():
         diag = dict(zip(PAPER_CLASSES, np.diag(cm)))
         cols[title] = [diag.get(c, float("nan")) for c in names]

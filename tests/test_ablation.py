@@ -302,7 +302,7 @@ def test_sweep_chart_has_one_bar_per_row(sweep):
 def test_tpr_table_puts_the_papers_diagonals_beside_the_run():
     classes = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
     m = {"classes": classes, "per_class_tpr": {c: i / 10 for i, c in enumerate(classes)}}
-    df = ablation.tpr_table(m, "synthetic, smoke")
+    df = ablation.tpr_table(m, "this run (synthetic, smoke)")
     assert list(df.columns) == ["this run (synthetic, smoke)", "MldrNet, FI (paper)", "Bi-GRU (Zhu et al.), FI (paper)"]
     assert df.loc["fear", "MldrNet, FI (paper)"] == 0.31 and df.loc["fear", "Bi-GRU (Zhu et al.), FI (paper)"] == 0.44
     assert df.loc["amusement", "Bi-GRU (Zhu et al.), FI (paper)"] == 0.78
