@@ -184,7 +184,7 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    from .utils import progress_bar, write_json
+    from .utils import progress_bar, read_json, write_json
 
     paths = [Path(p) for p in paths]
     check_kernel(kernel)
@@ -197,13 +197,21 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
             for p in paths]
     sizes = [len(_read(p).cells) + (1 if params else 0) for p in paths]  # + papermill's injected cell
     records: list[dict[str, Any]] = []
+    log = out_dir / "pipeline.json"
+    earlier = {}  # a skipped notebook keeps the time of the run that made its executed copy
+    if log.exists():
+        try:
+            earlier = {r["notebook"]: r for r in read_json(log)["notebooks"]}
+        except (ValueError, KeyError, TypeError):
+            pass
     bar = progress_bar(total=sum(sizes), desc="notebooks", enabled=progress, unit="cell")
     try:
         for (src, dst, why), size in zip(plan, sizes):
             if why is None:
                 bar.update(size)
                 bar.write(f"{src.name}: complete in {_show(dst)}, skipped (--force reruns it)", file=sys.stderr)
-                records.append({"notebook": src.name, "status": "skipped", "seconds": 0.0})
+                records.append({"notebook": src.name, "status": "skipped",
+                                "seconds": earlier.get(src.name, {}).get("seconds")})
                 continue
             start = time.perf_counter()
             bar.write(f"{src.name}: running ({why})", file=sys.stderr)
@@ -221,10 +229,10 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
             seconds = round(time.perf_counter() - start, 1)
             bar.write(f"{src.name}: done in {seconds:.0f} s -> {_show(dst)}", file=sys.stderr)
             records.append({"notebook": src.name, "status": "executed", "seconds": seconds})
-            write_json(out_dir / "pipeline.json", {"parameters": params, "kernel": kernel, "notebooks": records})
+            write_json(log, {"parameters": params, "kernel": kernel, "notebooks": records})
     finally:
         bar.close()
-    write_json(out_dir / "pipeline.json", {"parameters": params, "kernel": kernel, "notebooks": records})
+    write_json(log, {"parameters": params, "kernel": kernel, "notebooks": records})
     return records
 
 

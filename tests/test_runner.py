@@ -166,6 +166,7 @@ def test_run_skip_and_force(tmp_path):
     assert [r["status"] for r in recs] == ["skipped", "executed"] and len(log(tmp_path)) == 5
     record = json.loads((out / "pipeline.json").read_text())["notebooks"]
     assert [(r["notebook"], r["status"]) for r in record] == [("01_a.ipynb", "skipped"), ("02_b.ipynb", "executed")]
+    assert record[0]["seconds"] > 0  # the time of the run that made the skipped copy
 
 
 def test_failing_notebook_stops_the_run_and_names_its_executed_copy(tmp_path, capsys, monkeypatch):
