@@ -8,9 +8,10 @@ multi-stage training of Sec. 3.2 and before the fusion of Sec. 3.3 - so each row
              -> lstm / bilstm / gru / bigru / max / avg heads on the cached features (Eq. 11, RMSprop)
              -> ensemble: the average of the branch classifiers' softmax, no training at all
 
-Only the rows that need another CNN train one: `bigru4` (a new FC_5 over three branches) and `bigru6` (a new
-branch 0) start from the base CNN with `fit(..., init_from=...)` and train only what the base lacks; `softmax`
-(no branches) is its own end-to-end `fit`. The base run's own fine-tuned result is a separate row.
+Only the rows that need other taps train CNN parts: `bigru4` and `bigru6` start from the base CNN with
+`fit(..., init_from=...)`, keep its trunk and side branches frozen and train only what cannot be copied - the main
+branch, whose FC_5 reads three or five side branches, and for `bigru6` the new branch 0; `softmax` (no branches)
+is its own end-to-end `fit`. The base run's own fine-tuned result is a separate row.
 """
 from __future__ import annotations
 
@@ -385,7 +386,8 @@ class BaseRun:
 
     def parts(self) -> dict[str, DatasetIndex]:
         """The base run's train / val / test split: every variant of the sweep is scored on the same images."""
-        index = read_split(self.split_csv, root=self.data_root, classes=self.classes, max_pixels=self.cfg.data.max_pixels)
+        index = read_split(self.split_csv, root=self.data_root, classes=self.classes,
+                           max_pixels=self.cfg.data.max_pixels)
         return {name: DatasetIndex(index.root, index.classes, [s for s in index.samples if s.split == name], [])
                 for name in ("train", "val", "test")}
 
@@ -540,10 +542,14 @@ def _run_variant(variant: str, base: BaseRun, data_dir: Path, folder: Path, vcfg
                                                   "config": vcfg.to_dict()})
         trained = f"head on the frozen CNN of {base.label}, cached features"
         if n_branches != base.cfg.model.n_branches:
-            new = "the new FC_5" if n_branches < base.cfg.model.n_branches else "the new branch 0 and FC_5"
-            trained = f"{new} trained on the frozen CNN of {base.label}, then a head on cached features"
+            # fit(init_from=...) retrains every module it could not copy whole: the main branch (FC_5 reads
+            # another number of branches) and, for six branches, the new branch 0
+            new = "main branch (new FC_5)" if n_branches < base.cfg.model.n_branches else \
+                "new branch 0 and main branch (new FC_5)"
+            trained = f"{new} trained on the frozen trunk of {base.label}, then a head on cached features"
     m.update(variant=variant, table1_row=row_label(variant), paper_fi_accuracy=TABLE1_VARIANTS.get(variant),
-             trained=trained, base_cnn=base.label, base_fingerprint=base.fingerprint, profile=vcfg.profile, classes=base.classes,
+             trained=trained, base_cnn=base.label, base_fingerprint=base.fingerprint, profile=vcfg.profile,
+             classes=base.classes,
              seconds=round(cnn_seconds + time.perf_counter() - start, 2))
     write_json(folder / "metrics.json", m)
     return m
@@ -572,7 +578,8 @@ def _finetuned_row(base: BaseRun) -> dict[str, Any]:
     return {"variant": f"{v} (fine-tuned)", "table1_row": row_label(v),
             "this_run_test_acc": round(100 * m["test_accuracy"], 2), "this_run_mean_tpr": round(100 * m["mean_tpr"], 2),
             "paper_FI_acc": TABLE1_VARIANTS.get(v, float("nan")),
-            "trained": f"the base run {base.label}: multi-stage CNN, then fusion with the CNN fine-tuned (as the paper)",
+            "trained": f"the base run {base.label}: multi-stage CNN, then fusion with the CNN fine-tuned "
+                       "(as the paper)",
             "seconds": round(seconds, 2)}
 
 
@@ -630,7 +637,8 @@ def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | No
     ax.set_title(f"{run_label}")
     from matplotlib.patches import Patch
 
-    handles = [Patch(color="C0", label="head on the shared frozen CNN"), Patch(color="C1", label="trains (part of) its own CNN"),
+    handles = [Patch(color="C0", label="head on the shared frozen CNN"),
+               Patch(color="C1", label="trains (part of) its own CNN"),
                Patch(color="C2", label="base run, CNN fine-tuned")]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0][:1], loc="lower right", fontsize=8)
     paper = df["paper_FI_acc"].astype(float)
@@ -700,6 +708,7 @@ def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.Dat
     return df.round(3)
 
 
-__all__ = ["SWEEP_VARIANTS", "VIEWS", "TABLE_COLUMNS", "Features", "extract_features", "extract_shared", "make_head", "train_head",
-           "evaluate_head", "ensemble_probs", "head_probs", "BaseRun", "load_cnn", "shared_features", "run_sweep",
-           "CLAIMS", "compare_claims", "row_label", "plot_sweep", "paper_confusions", "plot_confusions", "top_confusions", "tpr_table", "cnn_digest"]
+__all__ = ["SWEEP_VARIANTS", "VIEWS", "SPLIT_VIEWS", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
+           "extract_shared", "cnn_digest", "make_head", "train_head", "evaluate_head", "ensemble_probs", "head_probs",
+           "BaseRun", "load_cnn", "shared_features", "run_sweep", "row_label", "compare_claims", "plot_sweep",
+           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table"]
