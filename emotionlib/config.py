@@ -46,8 +46,9 @@ class TrainConfig:
     contrastive_normalize: bool = True  # (ours) Eq. 3-4 on unit-length features, so mu = 1 has a fixed meaning
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only
-    channels_last: bool = False  # NHWC activations; `emotionlib bench` measures whether it is faster
-    compile: bool = False  # torch.compile the training step; `emotionlib bench` measures whether it is faster
+    # NHWC activations: a training step measured 1.09x faster at 375 px and 1.5x at 96 px on the CPU (emotionlib bench)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the step: measured slower on the CPU after minutes of compiling (README)
     deterministic: bool = False
     seed: int = 0
     eval_every: int = 1  # validate every N epochs
@@ -100,8 +101,9 @@ def _tiny() -> Config:
         data=DataConfig(resize=52, crop=48, num_workers=0, cache=True),
         model=ModelConfig(width=0.0625, conv1_kernel=3, conv1_stride=1, branch_channels=8, branch_pool=2,
                           branch_fc=32, branch_feature=16, main_fc=32, fused_feature=16, rnn_hidden=16),
+        # contiguous: at 48 px channels-last measures no faster (emotionlib bench --quick)
         train=TrainConfig(batch_size=8, lr=0.01, stage_epochs=1, lr_step=1, fusion_epochs=1, fusion_lr=1e-3,
-                          finetune_lr=1e-3),
+                          finetune_lr=1e-3, channels_last=False),
     )
 
 
@@ -155,9 +157,9 @@ def validate(cfg: Config) -> Config:
 
 
 def config_diff(a: Config, b: Config) -> list[str]:
-    """Dotted names whose values differ (device, worker count and disk cache may change on resume)."""
+    """Dotted names whose values differ (device, workers, disk cache, memory layout, compile may change on resume)."""
     fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
-    ignore = {"train.device", "data.num_workers", "data.disk_cache"}
+    ignore = {"train.device", "data.num_workers", "data.disk_cache", "train.channels_last", "train.compile"}
     return sorted(k for k in fa.keys() | fb.keys() if k not in ignore and fa.get(k) != fb.get(k))
 
 

@@ -775,16 +775,19 @@ class EmotionDataset(torch.utils.data.Dataset):
         if self.train:
             k, flip = self.choice(i)
             l, t, r, b = boxes[k]
-            out = (x[:, t:b, l:r].flip(-1) if flip else x[:, t:b, l:r]).float()
-        else:
-            # (5, 3, crop, crop): the caller averages the five predictions. Each crop is converted straight into
-            # its slot, and the normalisation below runs in place: the same arithmetic as (x / 255 - mean) / std
-            # (bit for bit) with one float buffer instead of four.
-            out = torch.empty((5, 3, self.crop, self.crop), dtype=torch.float32)
-            for k, (l, t, r, b) in enumerate(boxes):
-                out[k].copy_(x[:, t:b, l:r])
-        out.div_(255).sub_(self.mean).div_(self.std)
+            x = x[:, t:b, l:r].flip(-1) if flip else x[:, t:b, l:r]
+        out = self.normalise(x)
+        if not self.train:
+            # (5, 3, crop, crop): the caller averages the five predictions. The crops overlap, so the whole image is
+            # normalised once above and the crops are cut from it.
+            out = torch.stack([out[:, t:b, l:r] for l, t, r, b in boxes])
         return out, self.targets[i], i
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> (x / 255 - mean) / std, bit for bit, in one contiguous float buffer, in place."""
+        out = torch.empty(x.shape, dtype=torch.float32)
+        out.copy_(x)
+        return out.div_(255).sub_(self.mean).div_(self.std)
 
 
 # --------------------------------------------------------------------------- pairs (Eq. 3-5)
