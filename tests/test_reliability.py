@@ -93,7 +93,8 @@ def test_any_image_size_and_mode_gives_five_crops_of_the_right_shape(tmp_path, w
     rng = np.random.default_rng(w * 1000 + h)
     im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode if mode != "I;16" else "L")
     if mode == "I;16":
-        im = Image.fromarray((np.asarray(im, dtype=np.uint16) * 257), "I;16")
+        im = Image.fromarray(np.asarray(im, dtype=np.uint16) * 257)  # a 16-bit grey image
+        assert im.mode.startswith("I")
     path = tmp_path / f"x_{w}_{h}_{mode.replace(';', '')}.png" if mode != "CMYK" else tmp_path / f"x_{w}_{h}.jpg"
     im.save(path)
     for train in (False, True):
