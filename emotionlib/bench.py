@@ -214,14 +214,17 @@ def bench_input_pipeline(work: Path, quick: bool) -> dict[str, Any]:
     shutil.rmtree(cache, ignore_errors=True)
     ours, tv = _ours(work / "jpegs", n, resize, crop, cache), _torchvision(work / "jpegs", n, resize, crop)
     assert [str(s.path) for s in ours.samples] == [p for p, _ in tv.samples]
-    loaders = [torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, num_workers=0) for ds in (ours, tv)]
+    n_loader = n if quick else n // 4  # the DataLoader row on a quarter: its collation costs both sides alike
+    loaders = [torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n_loader)), batch_size=batch,
+                                           shuffle=False, num_workers=0) for ds in (ours, tv)]
     epochs = {}
     # item by item: decode, resize, five crops, normalise - the pipelines themselves; then the same through a
     # DataLoader, whose collation (one 67 MB batch at 375 px) both pay alike
     for name, sources in (("first", [_items(ours), _items(tv)]), ("later", [_items(ours), _items(tv)]),
                           ("later, DataLoader", loaders)):
         wall, cpu, first = _lockstep(sources)
-        epochs[name] = {"ours_images_per_s": round(n / wall[0], 2), "torchvision_images_per_s": round(n / wall[1], 2),
+        k = n_loader if "DataLoader" in name else n
+        epochs[name] = {"ours_images_per_s": round(k / wall[0], 2), "torchvision_images_per_s": round(k / wall[1], 2),
                         "speedup": _ratio(wall[1], wall[0]), "cpu_speedup": _ratio(cpu[1], cpu[0])}
         if name == "first":
             same = bool(torch.equal(first[0], first[1]))
@@ -231,7 +234,7 @@ def bench_input_pipeline(work: Path, quick: bool) -> dict[str, Any]:
     memory = _memory_growth(work / "jpegs", n, resize, crop, cache)
     return {"images": n, "image_size": list(PHOTO_SIZE), "resize": resize, "crop": crop, "batch_size": batch,
             "num_workers": 0, "mean_jpeg_kb": round(sum(p.stat().st_size for p in paths) / n / 1e3, 1),
-            "same_tensors_as_torchvision": same, "epochs": epochs,
+            "same_tensors_as_torchvision": same, "epochs": epochs, "loader_images": n_loader,
             "disk_cache_mb": round(cached_bytes / 2**20, 1), "rss_growth_mb": memory, "memory_sizes": list(sizes),
             "alternative": "torchvision ImageFolder + Resize + FiveCrop + ToTensor + Normalize (PIL)"}
 
@@ -250,7 +253,7 @@ def bench_ablation(work: Path, quick: bool) -> dict[str, Any]:
     from .train import fit, load_checkpoint
 
     variants = ("ensemble", "gru") if quick else ("ensemble", "lstm", "bilstm", "gru", "bigru")
-    profile, per_class, size = ("tiny", 6, 64) if quick else ("smoke", 16, 128)
+    profile, per_class, size = ("tiny", 6, 64) if quick else ("smoke", 24, 128)
     root = work / "ablation"
     shutil.rmtree(root, ignore_errors=True)
     data = generate(root / "data", per_class=per_class, size=size, seed=0, progress=False)
@@ -289,16 +292,44 @@ def bench_ablation(work: Path, quick: bool) -> dict[str, Any]:
         r = df[df["variant"] == v].iloc[0]
         rows.append({"variant": v, "cached_test_acc": round(float(r["this_run_test_acc"]) / 100, 4),
                      "end_to_end_test_acc": round(float(e2e[v]["test_accuracy"]), 4),
-                     "end_to_end_s": round(clock[f"e2e:{v}"][0], 2)})
+                     "end_to_end_s": round(clock[f"e2e:{v}"][0], 2), "head_s": round(float(r["seconds"]), 2)})
+    profile_ = _sweep_profile(root, variants, clock, rows, cfg)
     return {"profile": profile, "reduced": f"{per_class * 8} synthetic images of {size} px, the {profile} "
             f"profile's epochs", "variants": list(variants), "n_test": int(e2e[variants[0]]["n_test"]),
             "cached_wall_s": round(cached[0], 2), "end_to_end_wall_s": round(full[0], 2),
             "cached_cpu_s": round(cached[1], 2), "end_to_end_cpu_s": round(full[1], 2),
             "base_cnn_wall_s": round(clock["base_cnn"][0], 2), "sweep_wall_s": round(clock["sweep"][0], 2),
+            "base_cnn_cpu_s": round(clock["base_cnn"][1], 2), "sweep_cpu_s": round(clock["sweep"][1], 2),
             "speedup": _ratio(full[0], cached[0]), "cpu_speedup": _ratio(full[1], cached[1]),
-            "end_to_end_cnns_identical_to_shared": bool(same_cnn), "per_variant": rows,
+            "end_to_end_cnns_identical_to_shared": bool(same_cnn), "per_variant": rows, "profile_s": profile_,
             "note": "the cached path freezes the CNN (heads on cached features); the paper, and the end-to-end "
                     "runs, fine-tune it in the fusion stage"}
+
+
+def _sweep_profile(root: Path, variants, clock, rows, cfg) -> dict[str, Any]:
+    """Where the seconds go on each side (from the runs' summary.csv and the sweep's own timing), and what the same
+    per-epoch costs give at the paper's epoch counts (20 per CNN stage, 20 for the fusion; a projection)."""
+    from .train import read_summary
+    from .utils import read_json
+
+    def epochs(run: Path, fusion: bool) -> float:
+        return sum(float(r["seconds"]) for r in read_summary(run / "summary.csv") if (r["stage"] == "fusion") == fusion)
+
+    base_cnn = epochs(root / "base", False)
+    features = float(read_json(root / "sweep" / "sweep.json").get("feature_seconds", float("nan")))
+    heads = sum(r["head_s"] for r in rows)
+    e2e_cnn = sum(epochs(root / "e2e" / v, False) for v in variants)
+    e2e_fusion = sum(epochs(root / "e2e" / v, True) for v in variants)
+    e2e_total = sum(clock[f"e2e:{v}"][0] for v in variants)
+    cached_total = clock["base_cnn"][0] + clock["sweep"][0]
+    k_cnn, k_fusion = 20 / max(cfg.train.stage_epochs, 1), 20 / max(cfg.train.fusion_epochs, 1)
+    e2e_paper = e2e_cnn * k_cnn + e2e_fusion * k_fusion + (e2e_total - e2e_cnn - e2e_fusion)
+    cached_paper = base_cnn * k_cnn + heads * k_fusion + (cached_total - base_cnn - heads)
+    return {"shared_cnn_epochs": round(base_cnn, 2), "feature_extraction": round(features, 2), "heads": round(heads, 2),
+            "cached_other": round(cached_total - base_cnn - features - heads, 2),
+            "end_to_end_cnn_epochs": round(e2e_cnn, 2), "end_to_end_fusion_epochs": round(e2e_fusion, 2),
+            "end_to_end_other": round(e2e_total - e2e_cnn - e2e_fusion, 2),
+            "projected_speedup_at_paper_epochs": _ratio(e2e_paper, cached_paper)}
 
 
 # ----------------------------------------------------------------------------- 3. training throughput
@@ -377,7 +408,7 @@ def bench_training(quick: bool, compile_: bool = False) -> dict[str, Any]:
 
     from .config import get_config
 
-    cases = [("tiny", 8, 4, 1024)] if quick else [("smoke", 32, 5, 2048), ("paper", 8, 2, 2048)]
+    cases = [("tiny", 8, 4, 1024)] if quick else [("smoke", 32, 5, 2048), ("paper", 8, 3, 2048)]
     out: dict[str, Any] = {"cpu": {}, "step": "fusion stage, every parameter trained: forward, Eq. 11, backward, "
                                               "optimiser step (fp32 on the CPU)"}
     for profile, batch, rounds, mm_n in cases:
@@ -495,9 +526,9 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
     from .data import MIKELS_EMOTIONS, EmotionDataset, Sample
 
     classes = list(MIKELS_EMOTIONS)
-    cases = [("tiny", 6, 2)] if quick else [("smoke", 24, 5), ("paper", 6, 2)]
+    cases = [("tiny", 6, 2, 16)] if quick else [("smoke", 24, 5, 16), ("paper", 4, 2, 4)]
     out: dict[str, Any] = {"weights": "untrained (latency does not depend on them)", "device": "cpu"}
-    for profile, n_lat, rounds in cases:
+    for profile, n_lat, rounds, batch in cases:
         cfg = get_config(profile, **{"train.device": "cpu"})
         run = _fake_run(work / f"predict-run-{profile}", cfg, classes)
         from .train import load_run
@@ -511,7 +542,6 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
                                     resize=cfg.data.resize, crop=cfg.data.crop, train=False, cache=False)
                 torch.softmax(model(ds[0][0]), dim=1).mean(0)
                 lat.append(time.perf_counter() - t)
-            batch = 16
             x = torch.randn(batch * 5, 3, cfg.data.crop, cfg.data.crop)
             model(x)
             thr = []
@@ -534,7 +564,7 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
         kinds.pop("library_predict")
     secs: dict[str, list[float]] = {k: [] for k in kinds}
     errors = {}
-    for _ in range(1 if quick else 3):
+    for _ in range(1 if quick else 2):
         for k, argv in kinds.items():
             s, err = _child_seconds(argv)
             secs[k].append(s)
@@ -615,6 +645,7 @@ def to_markdown(res: dict[str, Any]) -> str:
                   f"{ip['batch_size']}, {ip['num_workers']} workers)", "",
                   "| epoch | ours (img/s) | torchvision (img/s) | speedup | CPU-time speedup |", "|---|---|---|---|---|"]
         for name, e in ip["epochs"].items():
+            name = f"{name} ({ip['loader_images']} images)" if "DataLoader" in name else name
             lines.append(f"| {name} | {e['ours_images_per_s']} | {e['torchvision_images_per_s']} | {e['speedup']}x | "
                          f"{e['cpu_speedup']}x |")
         a, b = ip["memory_sizes"]
@@ -627,10 +658,14 @@ def to_markdown(res: dict[str, Any]) -> str:
     if ab:
         lines += ["", f"## Ablation sweep ({ab['profile']} profile, reduced: {ab['reduced']}; {ab['n_test']} test "
                   "images)", "",
-                  f"Cached features: {ab['cached_wall_s']} s wall ({ab['base_cnn_wall_s']} s shared CNN + "
-                  f"{ab['sweep_wall_s']} s features and heads), {ab['cached_cpu_s']} s CPU. End to end: "
-                  f"{ab['end_to_end_wall_s']} s wall, {ab['end_to_end_cpu_s']} s CPU. The end-to-end runs trained "
-                  f"CNNs identical to the shared one: {ab['end_to_end_cnns_identical_to_shared']}. {ab['note']}.", "",
+                  f"Cached features: {ab['cached_wall_s']} s wall, {ab['cached_cpu_s']} s CPU (shared CNN "
+                  f"{ab['base_cnn_wall_s']} s / {ab['base_cnn_cpu_s']} s, features and heads {ab['sweep_wall_s']} s / "
+                  f"{ab['sweep_cpu_s']} s). End to end: {ab['end_to_end_wall_s']} s wall, {ab['end_to_end_cpu_s']} s "
+                  f"CPU: {ab['speedup']}x in wall time, {ab['cpu_speedup']}x in CPU time. The end-to-end runs trained "
+                  f"CNNs bit-identical to the shared one: {ab['end_to_end_cnns_identical_to_shared']}. "
+                  f"{ab['note'][0].upper() + ab['note'][1:]}.", "",
+                  "Where the seconds go (wall): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
+                                                              ab["profile_s"].items()) + ".", "",
                   "| variant | cached: test acc | end to end: test acc | end to end (s) |", "|---|---|---|---|"]
         for r in ab["per_variant"]:
             lines.append(f"| {r['variant']} | {r['cached_test_acc']} | {r['end_to_end_test_acc']} | "
@@ -657,12 +692,12 @@ def to_markdown(res: dict[str, Any]) -> str:
     inf = res.get("inference")
     if inf:
         lines += ["", f"## Inference (CPU, {inf['weights']})", "",
-                  "| profile | crop | one image, five crops: median (ms) | p95 (ms) | batch of 16 (img/s) |",
-                  "|---|---|---|---|---|"]
+                  "| profile | crop | one image, five crops: median (ms) | p95 (ms) | batch | batch (img/s) |",
+                  "|---|---|---|---|---|---|"]
         for k, v in inf.items():
             if isinstance(v, dict) and "latency_ms_median" in v:
                 lines.append(f"| {k} | {v['crop']} | {v['latency_ms_median']} | {v['latency_ms_p95']} | "
-                             f"{v['batch_images_per_s']} |")
+                             f"{v['batch_size']} | {v['batch_images_per_s']} |")
         c = inf["cold_start_s"]
         lib = f", the same through the library {c['library_predict']} s" if "library_predict" in c else ""
         heavy = inf.get("cli_startup_imports")

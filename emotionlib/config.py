@@ -46,8 +46,9 @@ class TrainConfig:
     contrastive_normalize: bool = True  # (ours) Eq. 3-4 on unit-length features, so mu = 1 has a fixed meaning
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only
-    # NHWC activations: a training step measured 1.09x faster at 375 px and 1.5x at 96 px on the CPU (emotionlib bench)
-    channels_last: bool = True
+    # NHWC activations. emotionlib bench: 1.4-1.5x faster training steps at 96 px on the CPU (the smoke profile turns
+    # it on), no consistent difference at 375 px on the CPU (0.9-1.1x), not measured on a GPU
+    channels_last: bool = False
     compile: bool = False  # torch.compile the step: measured slower on the CPU after minutes of compiling (README)
     deterministic: bool = False
     seed: int = 0
@@ -91,7 +92,7 @@ def _smoke() -> Config:
                           branch_feature=128, main_fc=256, fused_feature=128, rnn_hidden=128),
         # Adam (ours): in short CPU runs from scratch, SGD at this width did not get past the colour cue
         train=TrainConfig(batch_size=32, optimizer="adam", lr=2e-3, stage_epochs=3, lr_step=10, fusion_epochs=6,
-                          fusion_lr=1e-3, finetune_lr=2e-3),
+                          fusion_lr=1e-3, finetune_lr=2e-3, channels_last=True),
     )
 
 
@@ -102,9 +103,8 @@ def _tiny() -> Config:
         data=DataConfig(resize=52, crop=48, num_workers=0, cache=True),
         model=ModelConfig(width=0.0625, conv1_kernel=3, conv1_stride=1, branch_channels=8, branch_pool=2,
                           branch_fc=32, branch_feature=16, main_fc=32, fused_feature=16, rnn_hidden=16),
-        # contiguous: at 48 px channels-last measures no faster (emotionlib bench --quick)
         train=TrainConfig(batch_size=8, lr=0.01, stage_epochs=1, lr_step=1, fusion_epochs=1, fusion_lr=1e-3,
-                          finetune_lr=1e-3, channels_last=False),
+                          finetune_lr=1e-3),
     )
 
 

@@ -16,7 +16,10 @@ from torchvision.transforms import InterpolationMode
 
 import emotionlib.data as data_mod
 from emotionlib.cli import main
+from emotionlib.config import get_config
 from emotionlib.data import EmotionDataset, Sample, load_image, resize_shorter, to_uint8_tensor
+from emotionlib.model import UnifiedCNNRNN
+from emotionlib.train import load_checkpoint, load_model_state, save_checkpoint
 
 
 def photo(path: Path, size=(60, 44), seed=0, fmt="JPEG", exif_orientation=None) -> Path:
@@ -117,6 +120,23 @@ def test_resize_shorter_is_torchvisions_resize(tmp_path, size):
         ref = TF.pil_to_tensor(TF.resize(im, target, InterpolationMode.BILINEAR, antialias=True))
         got = to_uint8_tensor(resize_shorter(im, target))
         assert got.shape == ref.shape and torch.equal(got, ref)
+
+
+def test_a_channels_last_checkpoint_loads_channels_last(tmp_path):
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    trained = UnifiedCNNRNN(cfg.model).to(memory_format=torch.channels_last).eval()
+    save_checkpoint(tmp_path / "cl.pt", {"model": trained.state_dict()})
+    save_checkpoint(tmp_path / "plain.pt", {"model": UnifiedCNNRNN(cfg.model).state_dict()})
+    loaded, plain = UnifiedCNNRNN(cfg.model).eval(), UnifiedCNNRNN(cfg.model)
+    load_model_state(loaded, load_checkpoint(tmp_path / "cl.pt")["model"], tmp_path / "cl.pt")
+    load_model_state(plain, load_checkpoint(tmp_path / "plain.pt")["model"], tmp_path / "plain.pt")
+    w = loaded.trunk.stages[1].convs[0].weight  # 5x5: the layouts differ
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    assert plain.trunk.stages[1].convs[0].weight.is_contiguous()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), trained(x), atol=1e-6)
 
 
 @pytest.mark.slow
