@@ -103,6 +103,16 @@ def test_ddp_step_averages_the_ranks_gradients(tmp_path):
                                                                                           "branches.branch1"}
 
 
+def json_objects(text: str) -> list[dict]:
+    """The JSON objects the ranks printed: two processes share stdout, so two lines may run together."""
+    dec, out, i = json.JSONDecoder(), [], text.find("{")
+    while i != -1:
+        obj, end = dec.raw_decode(text, i)
+        out.append(obj)
+        i = text.find("{", end)
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "synth", per_class=10, size=64, seed=3, progress=False)
@@ -113,7 +123,7 @@ def test_torchrun_trains_a_complete_run_with_one_writer(tiny_data, tmp_path):
     r = subprocess.run([*TORCHRUN, "-m", "emotionlib", "train", "--profile", "tiny", "--data", str(tiny_data),
                         "--out", str(run), "--epochs", "2"], capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    lines = json_objects(r.stdout)
     assert len(lines) == 2 and lines[0] == lines[1]  # every rank returns rank 0's metrics
     m = json.loads((run / "metrics.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "per_class_tpr", "mean_tpr", "confusion", "classes",
