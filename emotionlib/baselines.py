@@ -39,17 +39,10 @@ from .config import Config, validate
 from .data import DatasetIndex, load_image
 from .errors import CheckpointError, ConfigError, RunFolderError
 from .evaluate import summarise_predictions
+from .methods import BASELINES, TABLE1_BASELINE_ROW
 from .paper import TABLE1
 from .utils import progress_bar, read_json, resolve_device, write_json
 
-BASELINES: dict[str, str] = {
-    "handcrafted-svm": "hand-crafted colour, texture and composition features (a subset of Machajdik & Hanbury "
-                       "2010 and Zhao et al. 2014) + linear SVM",
-    "alexnet-svm": "AlexNet fc7 features + linear SVM (You et al. 2016); random init: AlexNet trained on this data",
-    "resnet101": "ResNet-101 fine-tuned (He et al. 2016); random init: trained from scratch on this data",
-}
-#: Table 1 row of each baseline. "Zhao" is the closest row to our hand-crafted subset, not the same method.
-TABLE1_BASELINE_ROW = {"handcrafted-svm": "Zhao", "alexnet-svm": "AlexNet+SVM", "resnet101": "ResNet-101"}
 
 #: The file names torchvision gives its ImageNet weights in its cache (torch.hub.get_dir()/checkpoints).
 TORCHVISION_FILES = {"alexnet": ("alexnet-owt-7be5be79.pth",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
                    help="any configuration field, e.g. --set train.lr=0.01 (repeatable)")
+    p.add_argument("--weights", default=None, help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
+                                                    "cached file if present, else random init; 'none': random init)")
     p.set_defaults(func=cmd_train)
 
 
@@ -115,11 +118,13 @@ def cmd_train(a) -> int:
         from .errors import DataError
 
         raise DataError(f"--data {a.data} does not exist")
-    from .baselines import BASELINES, run_baseline
     from .errors import ConfigError
+    from .methods import BASELINES
 
-    weights = getattr(a, "weights", None)  # --weights is registered beside the baselines (emotionlib.small)
+    weights = a.weights
     if a.variant in BASELINES:  # Table 1's baselines (Sec. 4.2) write the same kind of run folder
+        from .baselines import run_baseline
+
         if a.init_from is not None:
             raise ConfigError(f"--init-from starts a unified CNN-RNN from another run; {a.variant} has no use for it")
         name, a.variant = a.variant, None
@@ -130,8 +135,9 @@ def cmd_train(a) -> int:
     else:
         cfg = build_config(a)
         metrics = fit(cfg, a.data, a.out, resume=a.resume, split_csv=a.split, init_from=a.init_from, progress=True)
-    keys = ("variant", "profile", "test_accuracy", "val_accuracy", "mean_tpr")
-    print(json.dumps({k: metrics.get(k) for k in keys}))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics; one line is enough
+        keys = ("variant", "profile", "test_accuracy", "val_accuracy", "mean_tpr")
+        print(json.dumps({k: metrics.get(k) for k in keys}))
     return 0
 
 
@@ -166,6 +172,38 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def _add_small(sub) -> None:
+    from .methods import DEFAULT_SMALL_METHODS, SMALL_LAYOUTS, SMALL_METHODS
+
+    p = sub.add_parser("small", help="Sec. 4.4: per-class true-positive rate on a small dataset (ArtPhoto, IAPS), "
+                                     "5-fold CV, one against all, a chart like Fig. 7")
+    p.add_argument("--run", required=True, type=Path, help="a finished run trained on the large dataset")
+    p.add_argument("--data", required=True, type=Path, help="the small dataset (see --layout)")
+    p.add_argument("--out", required=True, type=Path, help="folder for tpr.csv, metrics.json and the chart")
+    p.add_argument("--folds", type=int, default=5, help="K of the stratified K-fold cross-validation (default 5)")
+    p.add_argument("--layout", choices=SMALL_LAYOUTS, default="artphoto",
+                   help="artphoto: <emotion>_<n>.jpg; iaps: DIR/images + DIR/mikels_*.csv; fi: a folder per class")
+    p.add_argument("--min-count", type=int, default=10, help="leave out classes with fewer images (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the classifiers")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--methods", default=",".join(DEFAULT_SMALL_METHODS),
+                   help=f"comma-separated, from {','.join(SMALL_METHODS)} (default {','.join(DEFAULT_SMALL_METHODS)})")
+    p.add_argument("--alexnet-weights", default=None, help="ImageNet AlexNet state dict ('none': random init)")
+    p.add_argument("--resnet-weights", default=None, help="ImageNet ResNet-101 state dict ('none': random init)")
+    p.set_defaults(func=cmd_small)
+
+
+def cmd_small(a) -> int:
+    from .small import run_small
+
+    m = run_small(a.run, a.data, a.out, folds=a.folds, layout=a.layout, min_count=a.min_count, seed=a.seed,
+                  device=a.device, methods=[s.strip() for s in a.methods.split(",") if s.strip()],
+                  alexnet_weights=a.alexnet_weights, resnet_weights=a.resnet_weights)
+    print(json.dumps({"out": str(a.out), "classes": m["classes"], "excluded_classes": m["excluded_classes"],
+                      "mean_tpr": {r["label"]: round(r["mean_tpr"], 4) for r in m["methods"].values()}}))
+    return 0
+
+
 def _add_variants(sub) -> None:
     p = sub.add_parser("variants", help="the variant names of Table 1 and what each means")
     p.set_defaults(func=cmd_variants)
@@ -179,7 +217,7 @@ def cmd_variants(a) -> int:
         ref = TABLE1_VARIANTS.get(name)
         paper = f"  [paper, FI: {ref:.2f}%]" if ref is not None else ""
         print(f"{name:10s} {text}{paper}")
-    from .baselines import BASELINES, TABLE1_BASELINE_ROW
+    from .methods import BASELINES, TABLE1_BASELINE_ROW
     from .paper import TABLE1
 
     for name, text in BASELINES.items():
@@ -191,7 +229,7 @@ def cmd_variants(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emotionlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_data, _add_train, _add_evaluate, _add_predict, _add_variants):
+    for add in (_add_synth, _add_data, _add_train, _add_evaluate, _add_predict, _add_small, _add_variants):
         add(sub)
     for extra in _extensions():
         extra(sub)
@@ -207,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _extensions():
-    """Sub-commands that live beside their module (reproduce, small, bench): each exposes `add_parser(sub)`."""
+    """Sub-commands that live beside their module (reproduce, notebooks, bench): each exposes `add_parser(sub)`.
+    Only modules whose top level imports nothing heavy belong here: every command pays for them."""
     import importlib
 
-    for name in ("runner", "small", "bench"):
+    for name in ("runner", "bench"):
         try:
             mod = importlib.import_module(f"emotionlib.{name}")
         except ModuleNotFoundError as e:

@@ -17,9 +17,7 @@ The paper's Fig. 7 and 8 are bar charts without printed numbers, so no paper val
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -35,11 +33,10 @@ from .baselines import (FEATURE_SIZE, alexnet_fc7, build_network, cnn_input_size
 from .data import DatasetIndex, open_dataset, scan_artphoto, scan_iaps
 from .errors import ConfigError, DataError, RunFolderError
 from .evaluate import confusion_matrix, per_class_tpr
+from .methods import DEFAULT_SMALL_METHODS, SMALL_LAYOUTS, SMALL_METHODS
 from .utils import atomic_path, read_json, resolve_device, write_json
 
-LAYOUTS = ("artphoto", "iaps", "fi")
-METHODS = ("ours", "handcrafted-svm", "alexnet-svm", "resnet101")
-DEFAULT_METHODS = ("ours", "handcrafted-svm", "alexnet-svm")
+LAYOUTS, METHODS, DEFAULT_METHODS = SMALL_LAYOUTS, SMALL_METHODS, DEFAULT_SMALL_METHODS
 #: The new last layer of each method, as the paper describes the methods: "fine-tune the last fully connected
 #: layer" for ours (and for ResNet-101, a fine-tuned network in Sec. 4.2), a linear SVM for the "+ SVM" baselines.
 #: Either way one binary linear classifier per class on standardised features, one against all.
@@ -352,38 +349,6 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("small", help="Sec. 4.4: per-class true-positive rate on a small dataset (ArtPhoto, IAPS), "
-                                     "5-fold CV, one against all, a chart like Fig. 7")
-    p.add_argument("--run", required=True, type=Path, help="a finished run trained on the large dataset")
-    p.add_argument("--data", required=True, type=Path, help="the small dataset (see --layout)")
-    p.add_argument("--out", required=True, type=Path, help="folder for tpr.csv, metrics.json and the chart")
-    p.add_argument("--folds", type=int, default=5, help="K of the stratified K-fold cross-validation (default 5)")
-    p.add_argument("--layout", choices=LAYOUTS, default="artphoto",
-                   help="artphoto: <emotion>_<n>.jpg; iaps: DIR/images + DIR/mikels_*.csv; fi: a folder per class")
-    p.add_argument("--min-count", type=int, default=10, help="leave out classes with fewer images (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the classifiers")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated, from {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--alexnet-weights", default=None, help="ImageNet AlexNet state dict ('none': random init)")
-    p.add_argument("--resnet-weights", default=None, help="ImageNet ResNet-101 state dict ('none': random init)")
-    p.set_defaults(func=cmd_small)
-    if "train" in sub.choices:  # the baselines' weights option of `emotionlib train` (cli.cmd_train reads it)
-        sub.choices["train"].add_argument(
-            "--weights", default=None, help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
-                                            "cached file if present, else random init; 'none': random init)")
-
-
-def cmd_small(a: argparse.Namespace) -> int:
-    m = run_small(a.run, a.data, a.out, folds=a.folds, layout=a.layout, min_count=a.min_count, seed=a.seed,
-                  device=a.device, methods=[s.strip() for s in a.methods.split(",") if s.strip()],
-                  alexnet_weights=a.alexnet_weights, resnet_weights=a.resnet_weights)
-    print(json.dumps({"out": str(a.out), "classes": m["classes"], "excluded_classes": m["excluded_classes"],
-                      "mean_tpr": {r["label"]: round(r["mean_tpr"], 4) for r in m["methods"].values()}}))
-    return 0
-
-
 __all__ = ["run_small", "ensure_small_data", "SYNTHETIC_SMALL", "stratified_folds", "exclude_small_classes", "cross_validated_predictions", "tpr_summary",
-           "tpr_table", "load_table", "plot_tpr", "unified_features", "open_small_dataset", "add_parser", "METHODS",
+           "tpr_table", "load_table", "plot_tpr", "unified_features", "open_small_dataset", "METHODS",
            "DEFAULT_METHODS", "LAYOUTS", "PAPER_NOTE"]

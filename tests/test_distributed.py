@@ -124,7 +124,7 @@ def test_torchrun_trains_a_complete_run_with_one_writer(tiny_data, tmp_path):
                         "--out", str(run), "--epochs", "2"], capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = json_objects(r.stdout)
-    assert len(lines) == 2 and lines[0] == lines[1]  # every rank returns rank 0's metrics
+    assert len(lines) == 1  # every rank returns the metrics; only rank 0 prints them
     m = json.loads((run / "metrics.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "per_class_tpr", "mean_tpr", "confusion", "classes",
                 "branch_test_accuracy", "n_train", "n_test"):
