@@ -16,7 +16,7 @@ from .errors import EmotionLibError
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the built-in synthetic dataset (FI folder layout)")
     p.add_argument("--out", required=True, type=Path, help="folder to write (created)")
-    p.add_argument("--per-class", type=int, default=80, help="images per class (default 80)")
+    p.add_argument("--per-class", type=int, default=None, help="images per class (default 200)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-noise", type=float, default=0.0, help="probability of a wrong folder label")
@@ -26,9 +26,9 @@ def _add_synth(sub) -> None:
 
 
 def cmd_synth(a) -> int:
-    from .synth import generate
+    from .synth import PER_CLASS, generate
 
-    out = generate(a.out, per_class=a.per_class, size=a.size, seed=a.seed, label_noise=a.label_noise,
+    out = generate(a.out, per_class=PER_CLASS if a.per_class is None else a.per_class, size=a.size, seed=a.seed, label_noise=a.label_noise,
                    layout=a.layout, shift=a.shift, progress=True)
     print(f"synthetic dataset in {out}")
     return 0

@@ -40,16 +40,19 @@ def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dic
 
 @torch.inference_mode()
 def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | None = None,
-                  amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  amp: bool = False, centre_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities averaged over the five crops of each image (Sec. 4.1's corner and centre crops).
 
     `heads=None` scores the variant's final output; a branch key ("branch1", ..., "main") scores that branch's
-    own classifier. Returns (probs [N, C], targets [N], dataset indices [N]).
+    own classifier. `centre_only` scores the centre crop alone (the last of the five). Returns (probs [N, C],
+    targets [N], dataset indices [N]).
     """
     model.eval()
     all_p, all_y, all_i = [], [], []
     for x, y, idx in loader:
         x = x.to(device, non_blocking=True)
+        if centre_only and x.dim() == 5:
+            x = x[:, -1:]  # FiveCrop order: four corners, then the centre
         b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
         x = x.reshape(-1, *x.shape[-3:])
         with autocast(device, amp):
@@ -59,3 +62,31 @@ def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | N
         all_y.append(y)
         all_i.append(idx)
     return torch.cat(all_p).numpy(), torch.cat(all_y).numpy(), torch.cat(all_i).numpy()
+
+
+@torch.inference_mode()
+def predict_all(model: nn.Module, loader, device: torch.device,
+                amp: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """predict_probs for the variant's output and every branch's own classifier from one pass of the network
+    (the trunk is the cost; running it once per head made evaluation most of a smoke run's overhead).
+    Returns (final probs [N, C], {branch key: probs [N, C]}, targets [N], dataset indices [N])."""
+    model.eval()
+    final, per_key, all_y, all_i = [], {}, [], []
+    for x, y, idx in loader:
+        x = x.to(device, non_blocking=True)
+        b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
+        x = x.reshape(-1, *x.shape[-3:])
+        with autocast(device, amp):
+            feats = model.extract(x)
+            logits = model.fuse(feats)
+
+        def mean_softmax(t: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(t.float(), dim=1).reshape(b, crops, -1).mean(1).cpu()
+
+        final.append(mean_softmax(logits))
+        for k, (_, lk) in feats.items():
+            per_key.setdefault(k, []).append(mean_softmax(lk))
+        all_y.append(y)
+        all_i.append(idx)
+    return (torch.cat(final).numpy(), {k: torch.cat(v).numpy() for k, v in per_key.items()},
+            torch.cat(all_y).numpy(), torch.cat(all_i).numpy())

@@ -67,7 +67,8 @@ class ModelConfig:
     conv_kernel: int = 5  # Fig. 2: 5x5 in stages 2-4, padding 2
     batch_norm: bool = True  # (ours) the paper names no normalisation; BN makes from-scratch SGD train reliably
     branch_channels: int = 128  # Sec. 3.1: "1x1 convolution layer with 128 filters"
-    branch_pool: int = 4  # (ours) adaptive average pool before the 1x1 conv, GoogLeNet auxiliary style
+    branch_pool: int = 4  # (ours) adaptive average pool to 4x4 in each branch, before the FC
+    branch_order: str = "conv-pool"  # (ours) 1x1 conv on the full map, then the pool; "pool-conv": GoogLeNet's order
     branch_fc: int = 1024  # Sec. 4.1: FC layers of 1,024, 512 and 512 neurons: FC, FC_i, FC_5
     branch_feature: int = 512  # FC_i
     main_fc: int = 1024  # FC of the main branch
@@ -99,6 +100,8 @@ class ModelConfig:
         parse_variant(self.variant)
         if self.num_classes < 2:
             raise ConfigError(f"num_classes={self.num_classes}: need at least two classes")
+        if self.branch_order not in ("conv-pool", "pool-conv"):
+            raise ConfigError(f"branch_order={self.branch_order!r}: use 'conv-pool' or 'pool-conv'")
         if self.rnn_cell not in ("paper", "torch"):
             raise ConfigError(f"rnn_cell={self.rnn_cell!r}: use 'paper' or 'torch'")
         if not 0 <= self.dropout < 1 or not 0 <= self.branch_dropout < 1:
@@ -162,6 +165,18 @@ def tap_stage(tap: str) -> int:
     return 0 if tap == "conv1" else int(tap[-1]) - 1
 
 
+def _reduce(cin: int, cfg: ModelConfig) -> nn.Sequential:
+    """The branch's 1x1 convolution (128 filters, Sec. 3.1) and an adaptive average pool that bounds the FC's input.
+    "conv-pool" (default) applies the 1x1 conv and its ReLU on the full map, so the pool averages non-linear local
+    features (a bag of features: what tells stripes from dots); "pool-conv" pools first, GoogLeNet's auxiliary
+    classifier order, which leaves the 1x1 conv a linear map of regional means."""
+    p, c = cfg.branch_pool, cfg.branch_channels
+    conv = [nn.Conv2d(cin, c, 1), nn.ReLU(inplace=True)]
+    if cfg.branch_order == "conv-pool":
+        return nn.Sequential(*conv, nn.AdaptiveAvgPool2d(p))
+    return nn.Sequential(nn.AdaptiveAvgPool2d(p), *conv)
+
+
 class Branch(nn.Module):
     """A side branch (Sec. 3.1): "inserting 1x1 convolution layer and fully connected layer" after a pooling layer,
     motivated by GoogLeNet's auxiliary classifiers. Output V = FC_i, with its own softmax classifier (Eq. 1)."""
@@ -169,7 +184,7 @@ class Branch(nn.Module):
     def __init__(self, cin: int, cfg: ModelConfig):
         super().__init__()
         p, c = cfg.branch_pool, cfg.branch_channels
-        self.reduce = nn.Sequential(nn.AdaptiveAvgPool2d(p), nn.Conv2d(cin, c, 1), nn.ReLU(inplace=True))
+        self.reduce = _reduce(cin, cfg)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * p * p, cfg.branch_fc), nn.ReLU(inplace=True),
                                 nn.Dropout(cfg.branch_dropout))
         self.fc_i = nn.Sequential(nn.Linear(cfg.branch_fc, cfg.branch_feature), nn.ReLU(inplace=True))
@@ -186,7 +201,7 @@ class MainBranch(nn.Module):
     def __init__(self, cin: int, n_side: int, cfg: ModelConfig):
         super().__init__()
         p, c = cfg.branch_pool, cfg.branch_channels
-        self.reduce = nn.Sequential(nn.AdaptiveAvgPool2d(p), nn.Conv2d(cin, c, 1), nn.ReLU(inplace=True))
+        self.reduce = _reduce(cin, cfg)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * p * p, cfg.main_fc), nn.ReLU(inplace=True),
                                 nn.Dropout(cfg.branch_dropout))
         if n_side:

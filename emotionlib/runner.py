@@ -245,14 +245,13 @@ def _show(p: Path) -> str:
 
 
 def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
-    """The dataset folder; the built-in synthetic data (data/synthetic) is generated when it is missing."""
+    """The dataset folder; the built-in synthetic data (data/synthetic) is generated when it is missing or was
+    written by an older generator."""
     path = Path(data_dir) if data_dir is not None else BUILTIN_DATA
     if path.resolve() == BUILTIN_DATA.resolve():
-        if not (path / "synth_meta.json").exists():
-            from .synth import generate
+        from .synth import ensure
 
-            generate(path, progress=progress)
-        return path
+        return ensure(path, progress=progress)
     if not path.exists():
         raise DataError(f"--data {path} does not exist; give the FI folder (data/README.md) or leave --data out "
                         "for the built-in data")

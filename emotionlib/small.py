@@ -59,12 +59,12 @@ SYNTHETIC_SMALL = {"per_class": 25, "layout": "artphoto", "seed": 1, "shift": 0.
 
 def ensure_small_data(path: str | os.PathLike, progress: bool = False) -> Path:
     """The small dataset folder: generated (SYNTHETIC_SMALL) when missing; a folder of real images is left alone."""
-    from .synth import generate
+    from .synth import ensure
 
     path = Path(path)
     if path.is_dir() and any(path.iterdir()) and not (path / "synth_meta.json").exists():
         return path  # ArtPhoto or IAPS as downloaded
-    return generate(path, progress=progress, **SYNTHETIC_SMALL)
+    return ensure(path, progress=progress, **SYNTHETIC_SMALL)
 
 
 def open_small_dataset(data: str | os.PathLike, layout: str, progress: bool = False) -> DatasetIndex:

@@ -26,7 +26,7 @@ from .config import Config, config_diff, validate
 from .data import DatasetIndex, EmotionDataset, PairBatchSampler, make_split, open_dataset, read_split, write_split
 from .distributed import Dist
 from .errors import CheckpointError, ConfigError, EmotionLibError, RunFolderError
-from .evaluate import predict_probs, summarise_predictions
+from .evaluate import predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
 from .model import Stage, UnifiedCNNRNN
 from .utils import atomic_path, autocast, progress_bar, read_json, resolve_device, write_json, write_text
@@ -497,7 +497,8 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
                 val_acc = float("nan")
                 if val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
                     head = None if stage.name == "fusion" else stage.heads[-1]
-                    p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp)
+                    p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp,
+                                            centre_only=cfg.train.val_crops == "centre")
                     val_acc = float((p.argmax(1) == y).mean())
                 run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row, "val_acc": val_acc})
                 save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
@@ -567,7 +568,7 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
                                "n_train": len(rd.train.samples), "n_val": len(rd.val.samples),
                                "n_test": len(rd.test.samples), "n_skipped": len(rd.index.skipped)}
     test_loader = make_loader(rd.test, classes, cfg, train=False)
-    p, y, idx = predict_probs(model, test_loader, device, None, cfg.train.amp)
+    p, branch_p, y, idx = predict_all(model, test_loader, device, cfg.train.amp)
     s = summarise_predictions(y, p, classes)
     metrics.update(test_accuracy=s["accuracy"], per_class_tpr=s["per_class_tpr"], mean_tpr=s["mean_tpr"],
                    confusion=s["confusion"])
@@ -579,8 +580,7 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
     # each branch's own classifier, as the per-branch training leaves it (Sec. 3.2)
     metrics["branch_test_accuracy"] = {}
     for k in model.feature_keys:
-        pb, yb, _ = predict_probs(model, test_loader, device, k, cfg.train.amp)
-        metrics["branch_test_accuracy"][k] = float((pb.argmax(1) == yb).mean())
+        metrics["branch_test_accuracy"][k] = float((branch_p[k].argmax(1) == y).mean())
     write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
     save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
                                                     "classes": classes, "emotionlib": __version__})

@@ -213,3 +213,38 @@ def test_init_from_trains_only_what_the_base_lacks(tiny_data, base_run, tmp_path
     for k in src:
         if k.startswith(("trunk.", "branches.branch1.", "branches.branch4.")):
             assert torch.equal(src[k], six[k]), k  # copied and frozen
+
+
+def test_one_pass_evaluation_equals_one_pass_per_head(base_run):
+    # finish() scores the variant and every branch classifier from one pass; the same numbers as a pass per head
+    from emotionlib.data import read_split
+    from emotionlib.evaluate import predict_all, predict_probs
+    from emotionlib.train import make_loader
+    from emotionlib.utils import read_json
+
+    model, cfg, classes = load_run(base_run)
+    part = read_split(base_run / "split.csv", root=read_json(base_run / "run.json")["data_root"]).subset("test")
+    loader = make_loader(part, classes, cfg, train=False)
+    cpu = torch.device("cpu")
+    final, per_head, y, idx = predict_all(model, loader, cpu)
+    want, wy, widx = predict_probs(model, loader, cpu)
+    assert torch.allclose(torch.from_numpy(final), torch.from_numpy(want), atol=1e-6)
+    assert (y == wy).all() and (idx == widx).all()
+    assert set(per_head) == set(model.feature_keys)
+    for k in model.feature_keys:
+        assert torch.allclose(torch.from_numpy(per_head[k]), torch.from_numpy(predict_probs(model, loader, cpu, k)[0]),
+                              atol=1e-6), k
+    m = json.loads((base_run / "metrics.json").read_text())
+    assert m["branch_test_accuracy"] == {k: float((per_head[k].argmax(1) == y).mean()) for k in model.feature_keys}
+    # centre-only scoring (train.val_crops="centre") is the centre crop, the last of the five, alone
+    x, _, _ = next(iter(loader))
+    centre = predict_probs(model, [(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))], cpu,
+                           centre_only=True)[0]
+    alone = predict_probs(model, [(x[:, 4], torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))], cpu)[0]
+    assert torch.allclose(torch.from_numpy(centre), torch.from_numpy(alone), atol=1e-6)
+    assert not torch.allclose(torch.from_numpy(centre), torch.from_numpy(want[:len(x)]), rtol=0, atol=1e-6)
+
+
+def test_val_crops_is_checked():
+    with pytest.raises(ConfigError, match="train.val_crops"):
+        get_config("tiny", **{"train.val_crops": "six"})
