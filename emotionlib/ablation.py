@@ -15,6 +15,7 @@ is its own end-to-end `fit`. The base run's own fine-tuned result is a separate 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import time
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .config import Config, config_diff
 from .data import DatasetIndex, read_split
@@ -150,6 +152,26 @@ def extract_features(model: UnifiedCNNRNN, index_part: DatasetIndex, cfg: Config
                           progress=progress)["cnn"]
 
 
+def _folded_trunk(trunk: nn.Module, channels_last: bool) -> nn.Module:
+    """A copy of the trunk with each batch norm folded into the convolution before it, for inference only: the
+    same function up to float rounding (about 1e-6), and a quarter less time per crop on the CPU at 96 px, where
+    eval-mode batch norm was 23 % of the trunk's forward pass."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(trunk).eval()
+    for stage in folded.stages:
+        mods, out, i = list(stage.convs), [], 0
+        while i < len(mods):
+            if isinstance(mods[i], nn.Conv2d) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d):
+                out.append(fuse_conv_bn_eval(mods[i], mods[i + 1]))
+                i += 2
+            else:
+                out.append(mods[i])
+                i += 1
+        stage.convs = nn.Sequential(*out)
+    return folded.to(memory_format=torch.channels_last) if channels_last else folded
+
+
 @torch.inference_mode()
 def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex, cfg: Config,
                    views: str = "five+mirror", caches: Mapping[str, str | os.PathLike | None] | None = None, *,
@@ -173,7 +195,7 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
     dev = resolve_device(cfg.train.device) if device is None else torch.device(device)
     for n in todo:
         models[n].to(dev).eval()
-    trunk = models[todo[0]].trunk
+    trunk = _folded_trunk(models[todo[0]].trunk, cfg.train.channels_last)
     loader = make_loader(index_part, index_part.classes, cfg, train=False)
     parts: dict[str, list] = {n: [] for n in todo}
     ys = []
@@ -181,12 +203,22 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
     for x, y, _ in loader:
         x = _views(x, views).to(dev)
         b, n_views = x.shape[:2]
+        flat = x.reshape(b * n_views, *x.shape[2:])
+        if cfg.train.channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        outs: dict[str, list] = {n: [] for n in todo}
+        # The trunk in chunks: on the CPU 16-crop chunks ran 2x faster than a whole batch of 160 crops at 96 px
+        # (their activations stay in cache); on a GPU the whole batch is one chunk.
+        chunk = len(flat) if dev.type == "cuda" else EXTRACT_CHUNK
         with autocast(dev, cfg.train.amp):
-            maps = trunk(x.reshape(b * n_views, *x.shape[2:]), 4)
-            for n in todo:
-                v, logits = _branch_outputs(models[n], maps)
-                parts[n].append((v.reshape(b, n_views, *v.shape[1:]).cpu(),
-                                 logits.reshape(b, n_views, *logits.shape[1:]).cpu()))
+            for i in range(0, len(flat), chunk):
+                maps = trunk(flat[i:i + chunk], 4)
+                for n in todo:
+                    outs[n].append(_branch_outputs(models[n], maps))
+        for n in todo:
+            v, logits = (torch.cat([o[j] for o in outs[n]]) for j in (0, 1))
+            parts[n].append((v.reshape(b, n_views, *v.shape[1:]).cpu(),
+                             logits.reshape(b, n_views, *logits.shape[1:]).cpu()))
         ys.append(y)
         bar.update(1)
     bar.close()
@@ -410,6 +442,7 @@ def _check_cfg(cfg: Config, base: Config) -> None:
 
 #: which views each split gets: the training split the augmentation's ten, test and val the five evaluated crops
 SPLIT_VIEWS = {"train": "five+mirror", "val": "five", "test": "five"}
+EXTRACT_CHUNK = 16  # crops per trunk pass when extracting features on the CPU
 
 
 def shared_features(cnns: Mapping[str, tuple[UnifiedCNNRNN, Path]], parts: Mapping[str, DatasetIndex], cfg: Config,

@@ -38,6 +38,23 @@ def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dic
     }
 
 
+#: crops per forward pass on the CPU: 16-crop chunks of a 96-px batch ran 2x faster than 160 crops at once (their
+#: activations stay in cache); a GPU takes the whole batch.
+CPU_CHUNK = 16
+
+
+def channels_last_model(model: nn.Module) -> bool:
+    """Whether the model's convolutions hold channels-last weights (1x1 kernels look the same either way)."""
+    w = next((p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1), None)
+    return w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+
+
+def _chunks(x: torch.Tensor, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+    if channels_last:  # NHWC input for NHWC weights: no layout conversion inside every convolution
+        x = x.contiguous(memory_format=torch.channels_last)
+    return [x] if device.type == "cuda" else list(x.split(CPU_CHUNK))
+
+
 @torch.inference_mode()
 def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | None = None,
                   amp: bool = False, centre_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,6 +65,7 @@ def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | N
     targets [N], dataset indices [N]).
     """
     model.eval()
+    cl = channels_last_model(model)
     all_p, all_y, all_i = [], [], []
     for x, y, idx in loader:
         x = x.to(device, non_blocking=True)
@@ -56,7 +74,8 @@ def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | N
         b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
         x = x.reshape(-1, *x.shape[-3:])
         with autocast(device, amp):
-            logits = model(x) if heads is None else model.extract(x, [heads])[heads][1]
+            logits = torch.cat([model(c) if heads is None else model.extract(c, [heads])[heads][1]
+                                for c in _chunks(x, device, cl)])
         p = torch.softmax(logits.float(), dim=1).reshape(b, crops, -1).mean(1)
         all_p.append(p.cpu())
         all_y.append(y)
@@ -71,13 +90,15 @@ def predict_all(model: nn.Module, loader, device: torch.device,
     (the trunk is the cost; running it once per head made evaluation most of a smoke run's overhead).
     Returns (final probs [N, C], {branch key: probs [N, C]}, targets [N], dataset indices [N])."""
     model.eval()
+    cl = channels_last_model(model)
     final, per_key, all_y, all_i = [], {}, [], []
     for x, y, idx in loader:
         x = x.to(device, non_blocking=True)
         b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
         x = x.reshape(-1, *x.shape[-3:])
         with autocast(device, amp):
-            feats = model.extract(x)
+            parts = [model.extract(c) for c in _chunks(x, device, cl)]
+            feats = {k: tuple(torch.cat([p[k][j] for p in parts]) for j in (0, 1)) for k in parts[0]}
             logits = model.fuse(feats)
 
         def mean_softmax(t: torch.Tensor) -> torch.Tensor:
