@@ -277,3 +277,17 @@ def test_shift_moves_the_nuisances_not_the_cues():
     cool = np.array([synth.CLASS_FACTORS[c]["colour"] == "cool" for c in classes])
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(xs[0.0], cool)
     assert clf.score(xs[1.0], cool) > 0.9
+
+
+def test_an_older_format_is_refused_by_generate_and_replaced_by_ensure(tmp_path, capsys):
+    out = synth.generate(tmp_path / "old", per_class=1, size=32, progress=False)
+    meta = json.loads((out / "synth_meta.json").read_text())
+    meta["format_version"] = synth.FORMAT_VERSION - 1
+    (out / "synth_meta.json").write_text(json.dumps(meta))
+    (out / "stale.txt").write_text("from the old generator")
+    with pytest.raises(ConfigError, match=f"format {synth.FORMAT_VERSION - 1} .*delete the folder"):
+        synth.generate(out, per_class=1, size=32, progress=False)
+    assert (out / "stale.txt").exists()  # generate never deletes
+    synth.ensure(out, per_class=1, size=32, progress=False)  # the project's own folders are rewritten
+    assert json.loads((out / "synth_meta.json").read_text())["format_version"] == synth.FORMAT_VERSION
+    assert not (out / "stale.txt").exists() and "writing format" in capsys.readouterr().out
