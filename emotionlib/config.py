@@ -2,7 +2,7 @@
 
 `paper` is Sec. 4.1 as printed (375-px crops, SGD lr 1e-3, batch 64, RMSprop 1e-4, lambda 0.5, mu 1) for a GPU;
 `smoke` keeps the same feature-map geometry (45/22/10/4 after the pools) at 96 px with fewer channels, so the
-whole multi-stage training runs on two CPU cores in about a minute on the built-in synthetic data.
+whole multi-stage training runs on two CPU cores in about 90 s on the built-in synthetic data.
 """
 from __future__ import annotations
 
