@@ -28,7 +28,8 @@ def _add_synth(sub) -> None:
 def cmd_synth(a) -> int:
     from .synth import PER_CLASS, generate
 
-    out = generate(a.out, per_class=PER_CLASS if a.per_class is None else a.per_class, size=a.size, seed=a.seed, label_noise=a.label_noise,
+    per_class = PER_CLASS if a.per_class is None else a.per_class  # synth's default, without importing it to parse
+    out = generate(a.out, per_class=per_class, size=a.size, seed=a.seed, label_noise=a.label_noise,
                    layout=a.layout, shift=a.shift, progress=True)
     print(f"synthetic dataset in {out}")
     return 0

@@ -49,10 +49,29 @@ def channels_last_model(model: nn.Module) -> bool:
     return w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
 
 
-def _chunks(x: torch.Tensor, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+def crop_chunks(x: torch.Tensor, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+    """A batch of crops (N, 3, H, W) as the pieces one forward pass should take: CPU_CHUNK crops on the CPU, all
+    of them on a GPU; channels-last when the weights are."""
     if channels_last:  # NHWC input for NHWC weights: no layout conversion inside every convolution
         x = x.contiguous(memory_format=torch.channels_last)
     return [x] if device.type == "cuda" else list(x.split(CPU_CHUNK))
+
+
+def _crop_batches(model: nn.Module, loader, device: torch.device, centre_only: bool = False):
+    """(chunks of the batch's crops, images, crops per image, targets, indices) per batch of an evaluation loader."""
+    model.eval()
+    cl = channels_last_model(model)
+    for x, y, idx in loader:
+        x = x.to(device, non_blocking=True)
+        if centre_only and x.dim() == 5:
+            x = x[:, -1:]  # FiveCrop order: four corners, then the centre
+        b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
+        yield crop_chunks(x.reshape(-1, *x.shape[-3:]), device, cl), b, crops, y, idx
+
+
+def _mean_softmax(logits: torch.Tensor, b: int, crops: int) -> torch.Tensor:
+    """Softmax of each crop's logits, averaged over the crops of each image (five-crop evaluation)."""
+    return torch.softmax(logits.float(), dim=1).reshape(b, crops, -1).mean(1).cpu()
 
 
 @torch.inference_mode()
@@ -64,20 +83,11 @@ def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | N
     own classifier. `centre_only` scores the centre crop alone (the last of the five). Returns (probs [N, C],
     targets [N], dataset indices [N]).
     """
-    model.eval()
-    cl = channels_last_model(model)
     all_p, all_y, all_i = [], [], []
-    for x, y, idx in loader:
-        x = x.to(device, non_blocking=True)
-        if centre_only and x.dim() == 5:
-            x = x[:, -1:]  # FiveCrop order: four corners, then the centre
-        b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
-        x = x.reshape(-1, *x.shape[-3:])
+    for chunks, b, crops, y, idx in _crop_batches(model, loader, device, centre_only):
         with autocast(device, amp):
-            logits = torch.cat([model(c) if heads is None else model.extract(c, [heads])[heads][1]
-                                for c in _chunks(x, device, cl)])
-        p = torch.softmax(logits.float(), dim=1).reshape(b, crops, -1).mean(1)
-        all_p.append(p.cpu())
+            logits = torch.cat([model(c) if heads is None else model.extract(c, [heads])[heads][1] for c in chunks])
+        all_p.append(_mean_softmax(logits, b, crops))
         all_y.append(y)
         all_i.append(idx)
     return torch.cat(all_p).numpy(), torch.cat(all_y).numpy(), torch.cat(all_i).numpy()
@@ -89,24 +99,15 @@ def predict_all(model: nn.Module, loader, device: torch.device,
     """predict_probs for the variant's output and every branch's own classifier from one pass of the network
     (the trunk is the cost; running it once per head made evaluation most of a smoke run's overhead).
     Returns (final probs [N, C], {branch key: probs [N, C]}, targets [N], dataset indices [N])."""
-    model.eval()
-    cl = channels_last_model(model)
     final, per_key, all_y, all_i = [], {}, [], []
-    for x, y, idx in loader:
-        x = x.to(device, non_blocking=True)
-        b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
-        x = x.reshape(-1, *x.shape[-3:])
+    for chunks, b, crops, y, idx in _crop_batches(model, loader, device):
         with autocast(device, amp):
-            parts = [model.extract(c) for c in _chunks(x, device, cl)]
+            parts = [model.extract(c) for c in chunks]
             feats = {k: tuple(torch.cat([p[k][j] for p in parts]) for j in (0, 1)) for k in parts[0]}
             logits = model.fuse(feats)
-
-        def mean_softmax(t: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(t.float(), dim=1).reshape(b, crops, -1).mean(1).cpu()
-
-        final.append(mean_softmax(logits))
+        final.append(_mean_softmax(logits, b, crops))
         for k, (_, lk) in feats.items():
-            per_key.setdefault(k, []).append(mean_softmax(lk))
+            per_key.setdefault(k, []).append(_mean_softmax(lk, b, crops))
         all_y.append(y)
         all_i.append(idx)
     return (torch.cat(final).numpy(), {k: torch.cat(v).numpy() for k, v in per_key.items()},

@@ -316,20 +316,26 @@ def _check_args(per_class, size, seed, label_noise, layout, shift) -> dict:
                 label_noise=float(label_noise), layout=layout, shift=float(shift))
 
 
+def _read_meta(out: Path) -> dict | None:
+    """The folder's synth_meta.json as a dict, or None when it is missing or not a JSON object."""
+    try:
+        meta = json.loads((out / "synth_meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _existing_output(out: Path, args: dict) -> bool:
     """True if `out` already holds a complete synth output made with `args`; raise if it holds anything else."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir {out}: is a file; give a folder")
     if not out.exists() or not any(out.iterdir()):
         return False
-    try:
-        meta = json.loads((out / "synth_meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        meta = None
-    if isinstance(meta, dict) and meta.get("format_version") not in (None, FORMAT_VERSION):
+    meta = _read_meta(out)
+    if meta is not None and meta.get("format_version") not in (None, FORMAT_VERSION):
         raise ConfigError(f"out_dir {out}: holds synth output of format {meta.get('format_version')} (this generator "
                           f"writes format {FORMAT_VERSION}); delete the folder and generate again")
-    found = meta.get("arguments") if isinstance(meta, dict) and meta.get("format_version") == FORMAT_VERSION else None
+    found = meta.get("arguments") if meta is not None and meta.get("format_version") == FORMAT_VERSION else None
     if found != args:
         what = "no synth output" if found is None else f"synth output made with {found}"
         raise ConfigError(f"out_dir {out}: not empty and holds {what}; choose an empty folder or delete it")
@@ -348,11 +354,8 @@ def ensure(out_dir, progress: bool = True, **kwargs) -> Path:
     """generate() for a folder the project owns (data/synthetic, data/synthetic-small): an output of an older
     generator format is deleted and written again instead of refused."""
     out = Path(out_dir)
-    try:
-        meta = json.loads((out / "synth_meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        meta = None
-    if isinstance(meta, dict) and meta.get("format_version") != FORMAT_VERSION:
+    meta = _read_meta(out)
+    if meta is not None and meta.get("format_version") != FORMAT_VERSION:
         import shutil
 
         print(f"{out}: synthetic data of format {meta.get('format_version')}; writing format {FORMAT_VERSION}")
