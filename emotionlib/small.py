@@ -51,7 +51,7 @@ PAPER_NOTE = ("The paper reports Sec. 4.4 only as bar charts (Fig. 7 ArtPhoto, F
 #: The built-in stand-in for ArtPhoto: the synthetic generator in ArtPhoto's flat layout (`sad_1.jpg`), with
 #: another seed than the large set (0) and shifted nuisances (other hues within each palette, smaller objects,
 #: more clutter, harsher light), so that, as in Sec. 4.4, the small set is not drawn like the large one.
-SYNTHETIC_SMALL = {"per_class": 25, "layout": "artphoto", "seed": 1, "shift": 0.5}
+SYNTHETIC_SMALL = {"per_class": 25, "layout": "artphoto", "seed": 1, "shift": 0.5, "label_noise": 0.0}
 
 
 # ----------------------------------------------------------------------------- data, classes, folds
