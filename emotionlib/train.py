@@ -194,28 +194,39 @@ def set_trainable(model: UnifiedCNNRNN, modules: list[nn.Module]) -> None:
         m.train()
 
 
-def fusion_stage(model: UnifiedCNNRNN) -> Stage | None:
-    return Stage("fusion", [], ["fusion"]) if model.head is not None else None
+def fusion_stage(model: UnifiedCNNRNN, cfg: Config | None = None) -> Stage | None:
+    """The last stage (Sec. 3.3, 4.1): the fusion head with RMSprop while the CNN is fine-tuned. The rows of Table 1
+    without a head (`softmax`, `ensemble`) get the same stage with nothing but the fine-tuning (ours, so every row
+    has one training budget): the CNN at `train.finetune_lr` under Eq. 5 of the classifiers the variant predicts
+    with (ensemble: all branches and main; softmax: main). With finetune_lr 0 they have no such stage."""
+    if model.head is not None:
+        return Stage("fusion", [], ["fusion"])
+    if cfg is None or cfg.train.finetune_lr <= 0:
+        return None
+    return Stage("fusion", [], model.feature_keys if model.cfg.fusion == "ensemble" else ["main"])
 
 
-def all_stages(model: UnifiedCNNRNN) -> list[Stage]:
+def all_stages(model: UnifiedCNNRNN, cfg: Config | None = None) -> list[Stage]:
     stages = model.cnn_stages()
-    fs = fusion_stage(model)
+    fs = fusion_stage(model, cfg)
     return stages + [fs] if fs is not None else stages
 
 
 def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
                     frozen: set[str] = frozenset()) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
-    """CNN stages: SGD, lr 1e-3 (Sec. 4.1). Fusion: RMSprop lr 1e-4 for the head, and SGD with a smaller learning
-    rate to fine-tune the CNN ("the CNN part will be fine-tuned with a relatively small learning rate")."""
+    """CNN stages: `train.optimizer` (SGD, lr 1e-3 in Sec. 4.1; the smoke profile's Adam is a listed deviation).
+    Fusion: RMSprop for the head, and the CNN's optimiser at `train.finetune_lr` to fine-tune the CNN ("the CNN
+    part will be fine-tuned with a relatively small learning rate"); a variant without a head fine-tunes only."""
     t = cfg.train
     if stage.name != "fusion":
         mods = [m for name, m in _stage_named_modules(model, stage) if name not in frozen]
         params = [p for m in mods for p in m.parameters()]
         return [cnn_optimizer(params, t.lr, t)], mods
     # Torch7's rmsprop defaults (alpha 0.99, eps 1e-8) are PyTorch's too: "initialized by the default setting"
-    opts: list[torch.optim.Optimizer] = [torch.optim.RMSprop(model.head.parameters(), lr=t.fusion_lr)]
-    mods: list[nn.Module] = [model.head]
+    opts: list[torch.optim.Optimizer] = []
+    mods: list[nn.Module] = []
+    if model.head is not None:
+        opts, mods = [torch.optim.RMSprop(model.head.parameters(), lr=t.fusion_lr)], [model.head]
     if t.finetune_lr > 0:
         cnn = model.cnn_modules()
         opts.append(cnn_optimizer([p for m in cnn for p in m.parameters()], t.finetune_lr, t))
@@ -230,10 +241,22 @@ def cnn_optimizer(params, lr: float, t) -> torch.optim.Optimizer:
 
 
 def stage_epochs(stage: Stage, cfg: Config) -> int:
-    return cfg.train.fusion_epochs if stage.name == "fusion" else cfg.train.stage_epochs
+    """`train.fusion_epochs` for the fusion stage; `train.stage_epochs` per CNN stage, except the one CNN stage of
+    the variant without branches, which lasts `train.softmax_stages` stages (ours: 5, the five greedy stages of the
+    5-branch model, so the `softmax` row of Table 1 sees as many epochs as the others)."""
+    if stage.name == "fusion":
+        return cfg.train.fusion_epochs
+    if stage.name == "main" and not stage.trunk_stages == [] and cfg.model.n_branches == 0:
+        return cfg.train.stage_epochs * cfg.train.softmax_stages
+    return cfg.train.stage_epochs
 
 
 # ----------------------------------------------------------------------------- one epoch
+
+
+def is_head_stage(model: UnifiedCNNRNN, stage: Stage) -> bool:
+    """The fusion stage of a variant with a fusion head: trained on Eq. 11, not on Eq. 5."""
+    return stage.name == "fusion" and model.head is not None
 
 
 class StageStep(nn.Module):
@@ -244,7 +267,7 @@ class StageStep(nn.Module):
     def __init__(self, model: UnifiedCNNRNN, stage: Stage):
         super().__init__()
         self.model = model
-        self.heads = None if stage.name == "fusion" else list(stage.heads)
+        self.heads = None if is_head_stage(model, stage) else list(stage.heads)
 
     def forward(self, x: torch.Tensor):
         return self.model(x) if self.heads is None else self.model.extract(x, self.heads)
@@ -267,7 +290,7 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
         if t.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, t.amp):
-            if stage.name == "fusion":
+            if is_head_stage(model, stage):
                 logits = step(x)
                 loss, parts = fusion_loss(logits, y, model.head.weight_matrices(), t.reg_lambda, t.reg_squared)
             else:
@@ -363,11 +386,13 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
 
 def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, resume: bool = False,
         split_csv: str | os.PathLike | None = None, progress: bool = True, init_from: str | os.PathLike | None = None,
-        stop_after_epochs: int | None = None, until: str | None = None) -> dict[str, Any]:
+        stop_after_epochs: int | None = None, until: str | None = None,
+        init_stages: list[str] | None = None) -> dict[str, Any]:
     """Train `cfg.model.variant` stage by stage into the run folder `out`; return its metrics.
 
     `init_from`: a finished run whose CNN weights (trunk, branches, main) start this run; its finished stages
-    are skipped where the architectures agree (the ablation sweep's shared CNN). `until` stops after the stage
+    are skipped where the architectures agree (the shared CNN stages of Table 1's protocol and the ablation sweep);
+    `init_stages` limits the copy to the CNN stages of these names (init_from_run). `until` stops after the stage
     of that name (e.g. "main": the CNN is trained, the fusion not yet; rerun with resume=True to go on).
     `stop_after_epochs` stops after that many epochs in total (for tests of resuming).
 
@@ -378,15 +403,15 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     dist = distributed.init(cfg.train.device)
     try:
         return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv, progress=progress and dist.is_main,
-                    init_from=init_from, stop_after_epochs=stop_after_epochs, until=until)
+                    init_from=init_from, stop_after_epochs=stop_after_epochs, until=until, init_stages=init_stages)
     finally:
         dist.close()
 
 
 def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, init_from,
-               world_size: int) -> tuple[RunFolder, Config, RunData | None, Any, dict[str, Any] | None]:
+               world_size: int, init_stages=None) -> tuple[RunFolder, Config, RunData | None, Any, dict[str, Any] | None]:
     """Open (or resume) the run folder and write config.json, run.json, split.csv and skipped.csv: rank 0's work.
-    Returns (run, cfg, data, init_from, metrics of a run that is already complete)."""
+    Returns (run, cfg, data, (init_from, init_stages), metrics of a run that is already complete)."""
     run = RunFolder.open(out, resume)
     if (run.path / "config.json").exists():
         saved = Config.from_dict(read_json(run.path / "config.json")["config"])
@@ -398,7 +423,7 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
     else:
         validate(cfg)
     if run.complete:
-        return run, cfg, None, init_from, read_json(run.path / "metrics.json")
+        return run, cfg, None, (init_from, init_stages), read_json(run.path / "metrics.json")
     rd = prepare_data(cfg, data, run, split_csv, progress)
     classes = rd.index.classes
     from dataclasses import replace
@@ -409,16 +434,18 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
         write_json(run.path / "run.json", {"data_root": str(rd.index.root.resolve()), "classes": classes,
                                            "variant": cfg.model.variant, "profile": cfg.profile,
                                            "torch": torch.__version__, "init_from": str(init_from) if init_from else None,
+                                           "init_stages": init_stages,
                                            "world_size": world_size})
     if init_from is None:  # a resumed run keeps the base it started from
-        init_from = read_json(run.path / "run.json").get("init_from")
-    return run, cfg, rd, init_from, None
+        meta = read_json(run.path / "run.json")
+        init_from, init_stages = meta.get("init_from"), meta.get("init_stages")
+    return run, cfg, rd, (init_from, init_stages), None
 
 
 def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progress: bool, init_from,
-         stop_after_epochs: int | None, until: str | None) -> dict[str, Any]:
-    run, cfg, rd, init_from, complete = dist.on_main(
-        lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size))
+         stop_after_epochs: int | None, until: str | None, init_stages: list[str] | None = None) -> dict[str, Any]:
+    run, cfg, rd, (init_from, init_stages), complete = dist.on_main(
+        lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size, init_stages))
     if complete is not None:
         return complete
     set_deterministic(cfg.train.deterministic)
@@ -428,10 +455,10 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     model = UnifiedCNNRNN(cfg.model).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    stages = all_stages(model)
+    stages = all_stages(model, cfg)
     frozen: set[str] = set()
-    if init_from is not None:
-        frozen = init_from_run(model, Path(init_from), stages)  # resuming overwrites the weights just below
+    if init_from is not None:  # resuming overwrites the weights just below
+        frozen = init_from_run(model, Path(init_from), stages, init_stages)
     done_stages = {st.name for st in stages if st.name != "fusion" and
                    all(n in frozen for n, _ in _stage_named_modules(model, st))}
 
@@ -496,7 +523,7 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
             if dist.is_main:
                 val_acc = float("nan")
                 if val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
-                    head = None if stage.name == "fusion" else stage.heads[-1]
+                    head = None if stage.name == "fusion" else stage.heads[-1]  # fusion: the variant's output
                     p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp,
                                             centre_only=cfg.train.val_crops == "centre")
                     val_acc = float((p.argmax(1) == y).mean())
@@ -525,15 +552,23 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     return dist.on_main(lambda: finish(model, cfg, rd, run, device))
 
 
-def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage]) -> set[str]:
+def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
+                  init_stages: list[str] | None = None) -> set[str]:
     """Start from another run's CNN (a run folder's model.pt, or any of its checkpoint files): copy every tensor
     whose name and shape agree, and freeze the modules copied whole. Returns the names of the modules to keep
-    frozen; a CNN stage none of whose modules needs training is skipped (so a fusion variant trains only its head,
-    `bigru6` only its new branch 0, `bigru4` only its new FC_5)."""
+    frozen; a CNN stage none of whose modules needs training is skipped (so a 5-branch fusion variant goes
+    straight to its fusion stage; a module of another shape, such as the main branch of `bigru4`, whose FC_5 reads
+    fewer branches, is trained whole). `init_stages`: copy only the modules of the CNN stages of these names (the
+    stages both runs train identically; experiment.shared_stages), leaving the rest at this run's own draw."""
     path = base / "checkpoints" / "model.pt" if base.is_dir() else base
     src = load_checkpoint(path)["model"]
     own = model.state_dict()
-    copied = {k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")}
+    allowed = None
+    if init_stages is not None:
+        allowed = {n for st in stages if st.name in init_stages
+                   for _, mod in _stage_named_modules(model, st) for n, _ in _named_in(model, mod)}
+    copied = {k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")
+              and (allowed is None or k in allowed)}
     own.update({k: src[k] for k in copied})
     model.load_state_dict(own)
     frozen = set()
@@ -577,15 +612,29 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
         metrics["val_accuracy"] = float((pv.argmax(1) == yv).mean())
     else:
         metrics["val_accuracy"] = float("nan")
-    # each branch's own classifier, as the per-branch training leaves it (Sec. 3.2)
-    metrics["branch_test_accuracy"] = {}
-    for k in model.feature_keys:
-        metrics["branch_test_accuracy"][k] = float((branch_p[k].argmax(1) == y).mean())
+    # each branch's classifier (Eq. 1) after the fusion stage has fine-tuned the CNN under it, and - the number
+    # Sec. 3.2's per-branch training is about - at the end of the branch's own stage, from its stage checkpoint
+    metrics["branch_test_accuracy_after_fusion"] = {k: float((branch_p[k].argmax(1) == y).mean())
+                                                    for k in model.feature_keys}
+    metrics["branch_test_accuracy_at_stage"] = stage_branch_accuracy(cfg, run, test_loader, device)
     write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
     save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
                                                     "classes": classes, "emotionlib": __version__})
     write_json(run.path / "metrics.json", metrics)
     return metrics
+
+
+def stage_branch_accuracy(cfg: Config, run: RunFolder, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """head -> test accuracy of each classifier as its own CNN stage left it, from this run's stage-main.pt: every
+    branch is frozen after its stage (set_trainable), so the CNN after the last CNN stage holds each branch as its
+    stage left it. Empty for a run that copied all its CNN stages from another (init_from): that run's are the same."""
+    path = run.checkpoints / "stage-main.pt"
+    if not path.exists():
+        return {}
+    model = UnifiedCNNRNN(cfg.model).to(device)
+    load_model_state(model, load_checkpoint(path, device)["model"], path)
+    _, branch_p, y, _ = predict_all(model.eval(), loader, device, cfg.train.amp)
+    return {k: float((branch_p[k].argmax(1) == y).mean()) for k in model.feature_keys}
 
 
 def write_predictions(path: Path, part: DatasetIndex, classes: list[str], probs: np.ndarray, targets: np.ndarray,
