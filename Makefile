@@ -10,6 +10,7 @@ STAMP := $(VENV)/.emotionlib-installed
 PROFILE ?= smoke
 DATA ?= data/synthetic
 RUN ?= runs/$(PROFILE)
+SEEDS ?= 3
 KERNEL := emotionlib
 
 .PHONY: setup reproduce test unit lab bench data clean-runs notebooks
@@ -24,13 +25,13 @@ $(STAMP): pyproject.toml
 
 # The built-in synthetic dataset (data/README.md); regenerated only when missing.
 $(DATA)/synth_meta.json: | setup
-	$(BIN)/emotionlib synth --out $(DATA)
+	$(BIN)/emotionlib synth --builtin --out $(DATA)
 
 data: $(DATA)/synth_meta.json
 	$(BIN)/emotionlib data $(DATA)
 
 reproduce: setup
-	$(BIN)/emotionlib reproduce --profile $(PROFILE) --out $(RUN) --kernel $(KERNEL) $(if $(filter-out data/synthetic,$(DATA)),--data $(DATA),)
+	$(BIN)/emotionlib reproduce --profile $(PROFILE) --out $(RUN) --seeds $(SEEDS) --kernel $(KERNEL) $(if $(filter-out data/synthetic,$(DATA)),--data $(DATA),)
 
 # nbval runs the committed notebooks in file order in notebooks/ and compares the cells marked
 # NBVAL_CHECK_OUTPUT with their committed outputs (notebooks/README.md).

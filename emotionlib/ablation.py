@@ -34,6 +34,7 @@ from .config import Config, config_diff
 from .data import DatasetIndex, read_split
 from .errors import ConfigError, RunFolderError
 from .evaluate import crop_chunks, summarise_predictions
+from .experiment import CLAIMS, row_label
 from .losses import fusion_loss
 from .model import RNN_FUSIONS, PoolFusion, RNNFusion, UnifiedCNNRNN, parse_variant
 from .paper import CLASSES as PAPER_CLASSES
@@ -455,14 +456,6 @@ def shared_features(cnns: Mapping[str, tuple[UnifiedCNNRNN, Path]], parts: Mappi
     return out
 
 
-def row_label(variant: str) -> str:
-    """Table 1's name for a variant; the max / avg aggregation has none."""
-    if variant in TABLE1_ROW:
-        return TABLE1_ROW[variant]
-    fusion, n = parse_variant(variant)
-    return f"CNN+{n} Branches+{fusion.capitalize()} (not in Table 1)"
-
-
 def _finished(folder: Path, base: "BaseRun") -> dict[str, Any] | None:
     done = folder / "metrics.json"
     if done.exists():
@@ -609,35 +602,19 @@ def _finetuned_row(base: BaseRun) -> dict[str, Any]:
             "seconds": round(seconds, 2)}
 
 
-#: Sec. 4.3's reading of Table 1, as (better, worse, what it says); each holds on FI unless noted.
-CLAIMS = (
-    ("ensemble", "softmax", "branches help: 5 branches + ensemble beat no branch"),
-    ("bigru", "ensemble", "learned fusion beats averaging the branch classifiers"),
-    ("bigru", "gru", "bidirectional beats unidirectional (GRU)"),
-    ("bilstm", "lstm", "bidirectional beats unidirectional (LSTM)"),
-    ("gru", "lstm", "GRU beats LSTM (unidirectional)"),
-    ("bigru", "bilstm", "Bi-GRU beats Bi-LSTM"),
-    ("bigru", "bigru4", "5 branches beat 4 (the 4-branch model lacks high-level features)"),
-    ("bigru", "bigru6", "5 branches match 6 ('comparable performance ... with more parameters')"),
-    ("bigru", "max", "the Bi-GRU beats max aggregation (not in Table 1)"),
-    ("bigru", "avg", "the Bi-GRU beats mean aggregation (not in Table 1)"),
-)
-
-
 def compare_claims(df: pd.DataFrame) -> pd.DataFrame:
-    """Each comparison of Sec. 4.3 on FI (from Table 1) beside the same comparison on this run's sweep table.
-    Differences in points of accuracy; "holds" is a strict >, and a comparison whose variants are missing from
-    `df` is left out."""
+    """The frozen-head diagnostic's reading of Sec. 4.3's comparisons (experiment.CLAIMS): one run, no interval, so
+    no verdict - only the sign ("higher_here", a strict >). Table 1's verdicts come from experiment.compare."""
     acc = dict(zip(df["variant"], df["this_run_test_acc"]))
     rows = []
-    for a, b, what in CLAIMS:
+    for a, b, what, _ in CLAIMS:
         if a not in acc or b not in acc:
             continue
         pa, pb = TABLE1_VARIANTS.get(a), TABLE1_VARIANTS.get(b)
         paper_diff = None if pa is None or pb is None else round(pa - pb, 2)
         rows.append({"comparison": f"{a} vs {b}", "claim": what,
                      "paper_FI_diff": float("nan") if paper_diff is None else paper_diff,
-                     "this_run_diff": round(acc[a] - acc[b], 2), "holds_here": bool(acc[a] > acc[b])})
+                     "this_run_diff": round(acc[a] - acc[b], 2), "higher_here": bool(acc[a] > acc[b])})
     return pd.DataFrame(rows)
 
 

@@ -17,19 +17,26 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the built-in synthetic dataset (FI folder layout)")
     p.add_argument("--out", required=True, type=Path, help="folder to write (created)")
     p.add_argument("--per-class", type=int, default=None, help="images per class (default 200)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--builtin", action="store_true", help="the built-in dataset's settings (data/README.md): "
+                                                         "200 per class, 80 px, 10 %% label noise")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label-noise", type=float, default=0.0, help="probability of a wrong folder label")
+    p.add_argument("--label-noise", type=float, default=None,
+                   help="probability of a wrong folder label (default 0)")
     p.add_argument("--layout", choices=("fi", "artphoto"), default="fi")
     p.add_argument("--shift", type=float, default=0.0, help="shift of the nuisance distribution in [0, 1]")
     p.set_defaults(func=cmd_synth)
 
 
 def cmd_synth(a) -> int:
-    from .synth import PER_CLASS, generate
+    from .synth import BUILTIN, PER_CLASS, generate
 
-    per_class = PER_CLASS if a.per_class is None else a.per_class  # synth's default, without importing it to parse
-    out = generate(a.out, per_class=per_class, size=a.size, seed=a.seed, label_noise=a.label_noise,
+    # synth's defaults, without importing it to build the parser
+    base = BUILTIN if a.builtin else {"per_class": PER_CLASS, "size": 128, "label_noise": 0.0}
+    per_class = base["per_class"] if a.per_class is None else a.per_class
+    size = base["size"] if a.size is None else a.size
+    noise = base["label_noise"] if a.label_noise is None else a.label_noise
+    out = generate(a.out, per_class=per_class, size=size, seed=a.seed, label_noise=noise,
                    layout=a.layout, shift=a.shift, progress=True)
     print(f"synthetic dataset in {out}")
     return 0
@@ -205,6 +212,46 @@ def cmd_small(a) -> int:
     return 0
 
 
+def _add_table1(sub) -> None:
+    p = sub.add_parser("table1", help="Table 1 as a controlled experiment: every row by one protocol, several seeds, "
+                                      "intervals and a verdict per claim of Sec. 4.3")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the built-in data)")
+    p.add_argument("--out", required=True, type=Path, help="run folder: train/ and table1/ are written in it")
+    p.add_argument("--profile", default="smoke", help="smoke (CPU, built-in data) or paper (Sec. 4.1, GPU)")
+    p.add_argument("--seeds", type=int, default=3, help="independent seeds per row (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
+    p.add_argument("--variants", nargs="+", default=None, help="rows to train (default: all ten)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                   help="any configuration field, e.g. --set train.fusion_epochs=5 (repeatable)")
+    p.set_defaults(func=cmd_table1)
+
+
+def cmd_table1(a) -> int:
+    from .errors import ConfigError
+    from .experiment import PROTOCOL_VARIANTS, run_table1
+    from .runner import ensure_data, pipeline_config
+
+    if a.seeds < 1:
+        raise ConfigError(f"--seeds {a.seeds}: give at least 1 (3 for an interval that can decide)")
+    overrides = {}
+    for item in a.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: use SECTION.NAME=VALUE, e.g. --set train.lr=0.01")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = _parse_value(v.strip())
+    cfg = pipeline_config(a.profile, a.device, a.seed, **overrides)
+    data = ensure_data(a.data)
+    _, table, claims = run_table1(data, a.out, cfg, seeds=a.seeds, seed=a.seed,
+                                  variants=a.variants or PROTOCOL_VARIANTS)
+    for r in table.itertuples():
+        print(f"{r.variant:9s} {r.mean:6.2f} % (95 % CI {r.ci_low:6.2f} .. {r.ci_high:6.2f}, {r.n_seeds} seeds)")
+    for r in claims.itertuples():
+        print(f"{r.comparison:20s} {r.mean_diff:+6.2f} points [{r.ci_low:+.2f}, {r.ci_high:+.2f}]: {r.verdict}")
+    print(f"tables in {a.out / 'table1'}")
+    return 0
+
+
 def _add_variants(sub) -> None:
     p = sub.add_parser("variants", help="the variant names of Table 1 and what each means")
     p.set_defaults(func=cmd_variants)
@@ -230,7 +277,7 @@ def cmd_variants(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emotionlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_data, _add_train, _add_evaluate, _add_predict, _add_small, _add_variants):
+    for add in (_add_synth, _add_data, _add_train, _add_table1, _add_evaluate, _add_predict, _add_small, _add_variants):
         add(sub)
     for extra in _extensions():
         extra(sub)

@@ -221,3 +221,84 @@ def plot_agreement(x, y, xlabel: str, ylabel: str, title: str = ""):
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------- Table 1 as an experiment
+
+
+VERDICT_COLOURS = {"holds": "#2a9d5c", "contradicted": "#c0392b", "undecided": "#8a8a8a"}
+
+
+def plot_table1(table, runs, run_label: str, chance: float | None = None, ceiling: float | None = None):
+    """Left: each row's test accuracy over seeds (bar: mean; whisker: 95 % t-interval; dots: the seeds) with the
+    chance and label-noise ceiling lines. Right, on its own axis: the paper's FI number of the same row."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    y = np.arange(len(table))[::-1]
+    fig, (ax, axp) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.45 * len(table) + 1.8),
+                                  gridspec_kw={"width_ratios": [3, 1.6]})
+    lo = (table["mean"] - table["ci_low"]).fillna(0).clip(lower=0)
+    hi = (table["ci_high"] - table["mean"]).fillna(0).clip(lower=0)
+    ax.barh(y, table["mean"], color="C0", alpha=0.35, xerr=[lo, hi], error_kw={"ecolor": "C0", "capsize": 3})
+    for yi, v in zip(y, table["variant"]):
+        seeds = runs[runs["variant"] == v]["test_acc"]
+        ax.plot(seeds, np.full(len(seeds), yi), "o", color="C0", ms=3.5)
+    for yi, m, n in zip(y, table["mean"], table["n_seeds"]):
+        ax.text(1, yi, f"{m:.1f}", va="center", fontsize=8)
+    if chance is not None:
+        ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.1f} %")
+    if ceiling is not None:
+        ax.axvline(ceiling, color="k", ls=":", lw=1, label=f"label-noise ceiling {ceiling:.1f} %")
+    ax.set_yticks(y, [f"{v}  ({r.split(' (')[0]})" for v, r in zip(table["variant"], table["table1_row"])],
+                  fontsize=9)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"test accuracy (%): mean, 95 % interval and each of {int(table['n_seeds'].max())} seeds")
+    ax.set_title(run_label, fontsize=10)
+    if chance is not None or ceiling is not None:
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    paper = table["paper_FI_acc"].astype(float)
+    has = paper.notna().to_numpy()
+    axp.scatter(paper[has], y[has], marker="D", color="k", zorder=3)
+    for yi in y[~has]:
+        axp.text(57, yi, "not in Table 1", va="center", fontsize=8, color="grey")
+    axp.set_xlim(56, 76)
+    axp.set_xlabel("accuracy on FI (%)")
+    axp.set_title("FI (paper, Table 1)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_claims(claims, run_label: str):
+    """Each comparison of Sec. 4.3: the paired difference a - b per seed (dots), its mean and 95 % interval, coloured
+    by verdict; the zero line, and for 'comparable' claims the equivalence band. The paper's FI difference as a
+    black diamond on the same scale (points of accuracy), for the direction only."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    from .experiment import EQUIVALENCE_MARGIN
+
+    y = np.arange(len(claims))[::-1]
+    fig, ax = plt.subplots(figsize=(9.5, 0.5 * len(claims) + 1.8))
+    ax.axvline(0, color="k", lw=0.8)
+    for yi, r in zip(y, claims.itertuples()):
+        c = VERDICT_COLOURS[r.verdict]
+        if r.kind == "comparable":
+            ax.fill_betweenx([yi - 0.35, yi + 0.35], -EQUIVALENCE_MARGIN, EQUIVALENCE_MARGIN, color="k", alpha=0.07)
+        if not np.isnan(r.ci_low):
+            ax.plot([r.ci_low, r.ci_high], [yi, yi], color=c, lw=2.5, solid_capstyle="butt")
+        seeds = [float(x) for x in str(r.per_seed).split()]
+        ax.plot(seeds, np.full(len(seeds), yi), "o", color=c, ms=3.5, alpha=0.8)
+        ax.plot([r.mean_diff], [yi], "|", color=c, ms=14, mew=2)
+        if not np.isnan(r.paper_FI_diff):
+            ax.plot([r.paper_FI_diff], [yi], "D", color="k", ms=5)
+    ax.set_yticks(y, [f"{r.comparison}: {r.verdict}" for r in claims.itertuples()], fontsize=9)
+    ax.set_xlabel("difference in test accuracy, a - b (points)")
+    ax.set_title(f"Sec. 4.3's comparisons, {run_label}", fontsize=10)
+    handles = [Line2D([], [], color=c, lw=2.5, label=k) for k, c in VERDICT_COLOURS.items()]
+    handles += [Line2D([], [], color="grey", marker="o", ls="", ms=3.5, label="one seed"),
+                Line2D([], [], color="k", marker="D", ls="", ms=5, label="paper, FI")]
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

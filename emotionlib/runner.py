@@ -25,7 +25,7 @@ NOTEBOOKS = REPO / "notebooks"
 BUILTIN_DATA = REPO / "data" / "synthetic"
 DEFAULT_KERNEL = "emotionlib"
 #: What `reproduce` passes to every notebook; each must declare all of them in its `parameters` cell.
-PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed")
+PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed", "seeds")
 _NAME = re.compile(r"\d\d_[A-Za-z0-9_-]+\.ipynb")
 
 
@@ -249,9 +249,9 @@ def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = Fals
     written by an older generator."""
     path = Path(data_dir) if data_dir is not None else BUILTIN_DATA
     if path.resolve() == BUILTIN_DATA.resolve():
-        from .synth import ensure
+        from .synth import BUILTIN, ensure
 
-        return ensure(path, progress=progress)
+        return ensure(path, progress=progress, **BUILTIN)
     if not path.exists():
         raise DataError(f"--data {path} does not exist; give the FI folder (data/README.md) or leave --data out "
                         "for the built-in data")
@@ -261,12 +261,16 @@ def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = Fals
 def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               kernel: str = DEFAULT_KERNEL, force: bool = False, device: str = "auto", seed: int = 0,
               extra: dict[str, Any] | None = None, notebooks: str | os.PathLike = NOTEBOOKS,
-              progress: bool = True) -> Path:
-    """Run every notebook on `data` with `profile` into the run folder `out` (default runs/<profile>)."""
+              progress: bool = True, seeds: int = 3) -> Path:
+    """Run every notebook on `data` with `profile` into the run folder `out` (default runs/<profile>); Table 1's
+    protocol and the probes use the seeds seed .. seed + seeds - 1 (emotionlib.experiment)."""
     from .config import PROFILES
 
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds {seeds!r}: give a whole number of seeds, at least 1 (3 for an interval that "
+                          "can decide)")
     paths = notebook_paths(notebooks)
     run = Path(out) if out is not None else REPO / "runs" / profile
     if run.exists() and not run.is_dir():
@@ -274,7 +278,7 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     data_path = Path(data) if data is not None else BUILTIN_DATA
     # absolute paths: the kernels run in the notebooks folder, not where the command was typed
     params = {"profile": profile, "data_dir": str(data_path.resolve()), "run_dir": str(run.resolve()),
-              "device": device, "seed": seed, **(extra or {})}
+              "device": device, "seed": seed, "seeds": seeds, **(extra or {})}
     check_kernel(kernel)
     check_parameters(paths, params)  # before the data is generated: nothing runs on a bad command line
     ensure_data(data_path, progress=progress)
@@ -357,12 +361,14 @@ def open_stage_model(run_dir: str | os.PathLike, checkpoint: str = "stage-main.p
 
 
 def branch_accuracy(run_dir: str | os.PathLike, checkpoint: str = "stage-main.pt", device: str = "cpu"):
-    """Each branch's own classifier (Sec. 3.2) on the run's test and validation splits, five-crop averaged.
+    """Each branch's own classifier (Sec. 3.2) on the run's test and validation splits, five-crop averaged, from one
+    pass of the network (evaluate.predict_all). From stage-main.pt this is each branch as its own stage left it
+    (it is frozen afterwards); from model.pt, after the fusion stage fine-tuned the CNN under it.
     Returns a DataFrame indexed by branch with columns test_acc, val_acc, n_test, n_val."""
     import pandas as pd
 
     from .data import DatasetIndex, read_split
-    from .evaluate import predict_probs
+    from .evaluate import predict_all
     from .train import make_loader
     from .utils import read_json, resolve_device
 
@@ -375,10 +381,9 @@ def branch_accuracy(run_dir: str | os.PathLike, checkpoint: str = "stage-main.pt
         part = DatasetIndex(index.root, classes, [s for s in index.samples if s.split == split], [])
         if not part.samples:
             continue
-        loader = make_loader(part, classes, cfg, train=False)
+        _, per_key, y, _ = predict_all(model, make_loader(part, classes, cfg, train=False), dev, cfg.train.amp)
         for k in model.feature_keys:
-            p, y, _ = predict_probs(model, loader, dev, k, cfg.train.amp)
-            rows[k][f"{split}_acc"] = float((p.argmax(1) == y).mean())
+            rows[k][f"{split}_acc"] = float((per_key[k].argmax(1) == y).mean())
             rows[k][f"n_{split}"] = len(y)
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "branch"
@@ -531,7 +536,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<profile>)")
     p.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel (default: emotionlib, from make setup)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of Table 1's protocol and the probes (default 3)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="one more notebook parameter (every notebook must declare it)")
     p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of NN_topic.ipynb notebooks")
@@ -547,12 +553,14 @@ def add_parser(sub) -> None:
 
 def cmd_reproduce(a) -> int:
     extra = dict(_parse_param(t) for t in a.param)
-    options = {"profile": "--profile", "data_dir": "--data", "run_dir": "--out", "device": "--device", "seed": "--seed"}
+    options = {"profile": "--profile", "data_dir": "--data", "run_dir": "--out", "device": "--device", "seed": "--seed",
+               "seeds": "--seeds"}
     clash = sorted(set(extra) & set(options))
     if clash:
         raise ConfigError(f"--param {clash[0]}: use the option {options[clash[0]]} instead")
     start = time.perf_counter()
-    run = reproduce(a.profile, a.data, a.out, a.kernel, a.force, a.device, a.seed, extra, a.notebooks)
+    run = reproduce(a.profile, a.data, a.out, a.kernel, a.force, a.device, a.seed, extra, a.notebooks,
+                    seeds=a.seeds)
     print(f"pipeline finished in {time.perf_counter() - start:.0f} s: executed notebooks in {_show(run / 'notebooks')}, "
           f"figures in {_show(run / 'figures')}, tables in {_show(run / 'tables')}")
     return 0

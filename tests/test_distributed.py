@@ -127,10 +127,10 @@ def test_torchrun_trains_a_complete_run_with_one_writer(tiny_data, tmp_path):
     assert len(lines) == 1  # every rank returns the metrics; only rank 0 prints them
     m = json.loads((run / "metrics.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "per_class_tpr", "mean_tpr", "confusion", "classes",
-                "branch_test_accuracy", "n_train", "n_test"):
+                "branch_test_accuracy_after_fusion", "branch_test_accuracy_at_stage", "n_train", "n_test"):
         assert key in m, key
     assert 0 <= m["test_accuracy"] <= 1 and m["test_accuracy"] == lines[0]["test_accuracy"]
-    assert all(0 <= v <= 1 for v in m["branch_test_accuracy"].values())
+    assert all(0 <= v <= 1 for v in m["branch_test_accuracy_after_fusion"].values())
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     rows = read_summary(run / "summary.csv")
     # one writer: every stage's epochs exactly once, in order (and the ranks still agreed after two epochs each)

@@ -13,7 +13,7 @@ from emotionlib import cli, runner
 from emotionlib.errors import ConfigError
 
 KERNEL = "python3"  # the venv's own kernel: these tests must not need `make setup`
-PARAMS_SRC = 'profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nseed = 0'
+PARAMS_SRC = 'profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nseed = 0\nseeds = 3'
 
 
 def write_nb(path: Path, body: str, params: str | None = PARAMS_SRC, n_param_cells: int = 1) -> Path:
@@ -69,7 +69,8 @@ def test_notebook_paths_refuses_an_empty_folder(tmp_path):
 def test_declared_parameters_reads_the_parameters_cell(tmp_path):
     p = write_nb(tmp_path / "01_a.ipynb", "x = 1", params=PARAMS_SRC + '\nlimit: int = 3\na = b = 2  # chained')
     assert runner.declared_parameters(p) == {"profile": '"smoke"', "data_dir": '"../data"', "run_dir": '"../run"',
-                                             "device": '"auto"', "seed": "0", "limit": "3", "a": "2", "b": "2"}
+                                             "device": '"auto"', "seed": "0", "seeds": "3", "limit": "3", "a": "2",
+                                             "b": "2"}
 
 
 @pytest.mark.parametrize("n", [0, 2])
@@ -130,6 +131,13 @@ def test_reproduce_checks_parameters_before_generating_data(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="declares no parameter extra"):
         runner.reproduce("tiny", None, tmp_path / "run", KERNEL, extra={"extra": 1}, notebooks=nbs, progress=False)
     assert called == []
+
+
+@pytest.mark.parametrize("seeds", ["0", "-2"])
+def test_reproduce_refuses_a_seed_count_below_one(tmp_path, capsys, seeds):
+    assert cli.main(["reproduce", "--seeds", seeds, "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"emotionlib reproduce: error: --seeds {seeds}: give a whole")
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_refuses_a_pipeline_parameter_passed_as_param(tmp_path, capsys):

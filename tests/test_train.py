@@ -235,7 +235,7 @@ def test_one_pass_evaluation_equals_one_pass_per_head(base_run):
         assert torch.allclose(torch.from_numpy(per_head[k]), torch.from_numpy(predict_probs(model, loader, cpu, k)[0]),
                               atol=1e-6), k
     m = json.loads((base_run / "metrics.json").read_text())
-    assert m["branch_test_accuracy"] == {k: float((per_head[k].argmax(1) == y).mean()) for k in model.feature_keys}
+    assert m["branch_test_accuracy_after_fusion"] == {k: float((per_head[k].argmax(1) == y).mean()) for k in model.feature_keys}
     # centre-only scoring (train.val_crops="centre") is the centre crop, the last of the five, alone
     x, _, _ = next(iter(loader))
     centre = predict_probs(model, [(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))], cpu,

@@ -1,0 +1,341 @@
+"""Table 1 as a controlled experiment: every row trained by one protocol, several seeds, intervals and verdicts.
+
+The protocol is the paper's (Sec. 4.1) for every row: the CNN stage by stage (Sec. 3.2), then the fusion stage, in
+which the CNN is fine-tuned at `train.finetune_lr` (a tenth of the stages' rate, the stages' optimiser) for
+`train.fusion_epochs`, the same for every row. What each row trains:
+
+- the 5-branch rows (`ensemble`, `lstm`, `bilstm`, `gru`, `bigru`, `max`, `avg`) train identical CNN stages, so
+  they share them exactly: the seed's `bigru` run trains them, the others copy its `stage-main.pt` and train only
+  their fusion stage (train.init_from_run);
+- `bigru4` shares the stages of branches 1-3 (identical: the same modules, seeds and data order) and trains its own
+  main stage (trunk stage 4 and a main branch whose FC_5 reads four branches);
+- `bigru6` and `softmax` share nothing (their first stage differs) and train all their own stages; `softmax`'s one
+  CNN stage lasts as many epochs as the five greedy stages (`train.softmax_stages`);
+- `ensemble` and `softmax` have no fusion head: their fusion stage fine-tunes the CNN under Eq. 5 of the
+  classifiers they predict with (train.fusion_stage). Known confound, stated not removed: the recurrent heads pay
+  Eq. 11's lambda * ||theta|| (lambda = 0.5), `max`, `avg` and the ensemble have no recurrent weights to pay for.
+
+Each seed K trains its own CNN stages and data order on one split (the split of `seed`'s run). A pipeline run
+folder RUN holds
+    RUN/train/                      seed `seed`: the shared CNN stages and the Bi-GRU row (notebooks 02-03)
+    RUN/table1/seed-K/bigru/        seed K != seed: the same
+    RUN/table1/seed-K/VARIANT/      every other row of seed K
+and the tables runs.csv (one row per variant and seed), table1.csv (mean, standard deviation and a t-interval
+over seeds per variant) and claims.csv (a paired difference per seed for each comparison of Sec. 4.3, its
+interval and a verdict).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import Config
+from .errors import ConfigError
+from .model import UnifiedCNNRNN, parse_variant
+from .paper import TABLE1_ROW, TABLE1_VARIANTS
+
+#: Table 1's rows with branches and the softmax row, plus the max / avg aggregation Sec. 1 contrasts with.
+PROTOCOL_VARIANTS = ("softmax", "ensemble", "lstm", "bilstm", "gru", "bigru", "bigru4", "bigru6", "max", "avg")
+#: The variant whose run trains the CNN stages the 5-branch rows share.
+REFERENCE = "bigru"
+CONFIDENCE = 0.95
+#: "comparable" claims (Sec. 4.3 on 6 branches) hold when the whole interval lies within +- this many points.
+EQUIVALENCE_MARGIN = 2.0
+
+#: Sec. 4.3's reading of Table 1 as (a, b, what it says, kind): "better" claims a > b, "comparable" a = b.
+CLAIMS = (
+    ("ensemble", "softmax", "branches help: 5 branches + ensemble beat no branch", "better"),
+    ("bigru", "ensemble", "learned fusion beats averaging the branch classifiers", "better"),
+    ("bigru", "gru", "bidirectional beats unidirectional (GRU)", "better"),
+    ("bilstm", "lstm", "bidirectional beats unidirectional (LSTM)", "better"),
+    ("gru", "lstm", "GRU beats LSTM (unidirectional)", "better"),
+    ("bigru", "bilstm", "Bi-GRU beats Bi-LSTM", "better"),
+    ("bigru", "bigru4", "5 branches beat 4 (the 4-branch model lacks high-level features)", "better"),
+    ("bigru", "bigru6", "5 branches match 6 ('comparable performance ... with more parameters')", "comparable"),
+    ("bigru", "max", "the Bi-GRU beats max aggregation (not in Table 1)", "better"),
+    ("bigru", "avg", "the Bi-GRU beats mean aggregation (not in Table 1)", "better"),
+)
+VERDICTS = ("holds", "contradicted", "undecided")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def t_quantile(confidence: float, dof: int) -> float:
+    """The two-sided Student-t quantile: mean +- t * sd / sqrt(n) covers the mean with `confidence`."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, dof))
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
+    """(mean, sample standard deviation, low, high): a t-interval over independent runs (seeds). With one value the
+    standard deviation and the bounds are NaN: one run says nothing about its spread."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return (math.nan,) * 4
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(v.std(ddof=1))
+    half = t_quantile(confidence, len(v) - 1) * sd / math.sqrt(len(v))
+    return mean, sd, mean - half, mean + half
+
+
+def verdict(low: float, high: float, kind: str = "better", margin: float = EQUIVALENCE_MARGIN) -> str:
+    """A claim's verdict from the interval of the paired difference a - b.
+
+    better: holds when the interval lies above 0, contradicted when below, else (0 inside, or no interval) undecided.
+    comparable: holds when the interval lies within +-margin, contradicted when it lies wholly outside, else undecided.
+    """
+    if kind not in ("better", "comparable"):
+        raise ConfigError(f"claim kind {kind!r}: use 'better' or 'comparable'")
+    if math.isnan(low) or math.isnan(high):
+        return "undecided"
+    if kind == "better":
+        return "holds" if low > 0 else "contradicted" if high < 0 else "undecided"
+    if -margin <= low and high <= margin:
+        return "holds"
+    return "contradicted" if low > margin or high < -margin else "undecided"
+
+
+# ----------------------------------------------------------------------------- which stages a row shares
+
+
+def _stage_signature(model: UnifiedCNNRNN) -> list[tuple[str, tuple[int, ...], tuple[str, ...]]]:
+    return [(s.name, tuple(s.trunk_stages), tuple(s.heads)) for s in model.cnn_stages()]
+
+
+def shared_stages(reference: Config, variant: Config) -> list[str]:
+    """The CNN stages a variant trains exactly as the reference does: the longest common prefix of the two stage
+    plans (same name, trunk stages and heads) whose modules also agree in shape. Every later stage, and every module
+    that differs, the variant trains itself."""
+    ref, var = UnifiedCNNRNN(reference.model), UnifiedCNNRNN(variant.model)
+    out = []
+    for a, b in zip(_stage_signature(ref), _stage_signature(var)):
+        if a != b:
+            break
+        shapes = [{k: v.shape for k, v in m.state_dict().items() if k.startswith(_prefixes(a))} for m in (ref, var)]
+        if shapes[0] != shapes[1]:
+            break
+        out.append(a[0])
+    return out
+
+
+def _prefixes(sig) -> tuple[str, ...]:
+    name, trunk, heads = sig
+    return tuple(f"trunk.stages.{s}." for s in trunk) + tuple("main." if h == "main" else f"branches.{h}." for h in heads)
+
+
+# ----------------------------------------------------------------------------- the run folders
+
+
+def row_folder(run_dir: str | os.PathLike, k: int, variant: str, seed: int = 0) -> Path:
+    """Where the row (variant, seed k) of a pipeline run is trained: RUN/train for seed `seed`'s reference run,
+    RUN/table1/seed-K/VARIANT otherwise."""
+    run_dir = Path(run_dir)
+    return run_dir / "train" if (k == seed and variant == REFERENCE) else run_dir / "table1" / f"seed-{k}" / variant
+
+
+def seed_cnns(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1) -> dict[int, Path]:
+    """seed -> the stage-main.pt of that seed's shared CNN (the multi-stage CNN of Sec. 3.2, before fusion), for
+    the seeds seed .. seed + seeds - 1 whose checkpoint exists."""
+    out = {}
+    for k in range(seed, seed + seeds):
+        path = row_folder(run_dir, k, REFERENCE, seed) / "checkpoints" / "stage-main.pt"
+        if path.exists():
+            out[k] = path
+    return out
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def run_protocol(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, *, seeds: int = 3,
+                 seed: int = 0, variants: Sequence[str] = PROTOCOL_VARIANTS, progress: bool = False,
+                 log=print):
+    """Train every (variant, seed) row of Table 1 by the one protocol (module docstring) and return runs.csv's
+    frame: one row per variant and seed. Finished rows are read back, unfinished ones resume; a row whose folder
+    was made with another configuration is refused (train.fit). `cfg`: the pipeline's configuration (its
+    train.seed and model.variant are set per row)."""
+    import pandas as pd
+
+    from .train import fit
+
+    if seeds < 1:
+        raise ConfigError(f"seeds={seeds}: need at least one seed")
+    for v in variants:
+        parse_variant(v)
+    ref_cfg = _row_config(cfg, REFERENCE, seed)
+    plan = {v: shared_stages(ref_cfg, _row_config(cfg, v, seed)) for v in variants}
+    split = row_folder(run_dir, seed, REFERENCE, seed) / "split.csv"
+    rows = []
+    for k in range(seed, seed + seeds):
+        ref = row_folder(run_dir, k, REFERENCE, seed)
+        need_ref = REFERENCE in variants or any(plan[v] for v in variants)
+        if need_ref:  # the shared CNN stages first; seed `seed`'s run makes the split every other row reuses
+            fit(_row_config(cfg, REFERENCE, k), data_dir, ref, resume=True, until="main", progress=progress,
+                split_csv=split if split.exists() else None)
+        for v in variants:
+            out = row_folder(run_dir, k, v, seed)
+            start = time.perf_counter()
+            m = fit(_row_config(cfg, v, k), data_dir, out, resume=True, progress=progress,
+                    split_csv=split if split.exists() else None,
+                    init_from=ref / "checkpoints" / "stage-main.pt" if plan[v] and v != REFERENCE else None,
+                    init_stages=plan[v] if v != REFERENCE else None)
+            rows.append(_row(v, k, m, out, run_dir, plan[v] if v != REFERENCE else [], ref))
+            log(f"seed {k} {v:>8}: test {100 * m['test_accuracy']:5.1f} %  ({time.perf_counter() - start:.0f} s)")
+    df = pd.DataFrame(rows)
+    from .figures import save_table
+
+    save_table(df, Path(run_dir) / "table1" / "runs.csv", index=False)
+    return df
+
+
+def _row_config(cfg: Config, variant: str, k: int) -> Config:
+    return replace(cfg, model=replace(cfg.model, variant=variant), train=replace(cfg.train, seed=k))
+
+
+def _row(variant: str, k: int, m: dict[str, Any], folder: Path, run_dir, shared: list[str], ref: Path) -> dict:
+    """One runs.csv row: the result and the budget it was trained with, read from the run folder itself."""
+    from .train import read_summary
+    from .utils import read_json
+
+    cfg = Config.from_dict(read_json(folder / "config.json")["config"])
+    summary = read_summary(folder / "summary.csv")
+    own = [r for r in summary if r["stage"] != "fusion"]
+    shared_epochs = len(shared) * cfg.train.stage_epochs  # trained in the reference run, copied here
+    ref_seconds = sum(float(r["seconds"]) for r in read_summary(ref / "summary.csv")
+                      if r["stage"] in shared) if shared else 0.0
+    return {
+        "variant": variant, "seed": k, "test_acc": round(100 * m["test_accuracy"], 3),
+        "mean_tpr": round(100 * m["mean_tpr"], 3), "val_acc": round(100 * m["val_accuracy"], 3),
+        "cnn_epochs": shared_epochs + len(own), "fusion_epochs": sum(r["stage"] == "fusion" for r in summary),
+        "finetune_lr": cfg.train.finetune_lr, "stage_lr": cfg.train.lr, "optimizer": cfg.train.optimizer,
+        "shared_stages": ", ".join(shared) if shared else "none",
+        "own_stages": ", ".join(dict.fromkeys(r["stage"] for r in summary)),
+        "seconds": round(ref_seconds + sum(float(r["seconds"]) for r in summary), 1),
+        "folder": _relative(folder, run_dir),
+    }
+
+
+def _relative(path: Path, root) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def protocol_of(variant: str, cfg: Config | None = None) -> str:
+    """In words, how the protocol trains a row (the table's `protocol` column), from the stage plans themselves."""
+    from .config import get_config
+
+    cfg = cfg if cfg is not None else get_config("tiny")
+    var, ref = _row_config(cfg, variant, 0), _row_config(cfg, REFERENCE, 0)
+    own = [s.name for s in UnifiedCNNRNN(var.model).cnn_stages()]
+    shared = shared_stages(ref, var)
+    if variant == REFERENCE:
+        stages = f"trains the {len(own)} shared CNN stages"
+    elif shared:
+        rest = [s for s in own if s not in shared]
+        stages = f"copies {len(shared)} shared CNN stages" + (f", trains {', '.join(rest)}" if rest else "")
+    else:
+        n = cfg.train.softmax_stages if var.model.n_branches == 0 else 1
+        stages = f"trains its own {len(own)} CNN stage{'s' if len(own) > 1 else ''}" + (
+            f" ({n} stages' epochs)" if n > 1 else f" ({', '.join(own)})")
+    fusion = var.model.fusion
+    tail = {"softmax": "fine-tunes the CNN under Eq. 5 of the main classifier",
+            "ensemble": "fine-tunes the CNN under Eq. 5 of all five classifiers"}.get(
+        fusion, f"{fusion} head (RMSprop, Eq. 11) with the CNN fine-tuned")
+    return f"{stages}; fusion stage: {tail}"
+
+
+def summarise(runs, confidence: float = CONFIDENCE, cfg: Config | None = None):
+    """table1.csv: one row per variant - mean, standard deviation and t-interval over seeds of the test accuracy
+    (%), the mean TPR, the budget every seed used, and the paper's FI number in its own column."""
+    import pandas as pd
+
+    out = []
+    for v, g in runs.groupby("variant", sort=False):
+        mean, sd, low, high = mean_interval(g["test_acc"], confidence)
+        out.append({"variant": v, "table1_row": row_label(v), "protocol": protocol_of(v, cfg), "n_seeds": len(g),
+                    "mean": round(mean, 2), "std": round(sd, 2), "ci_low": round(low, 2), "ci_high": round(high, 2),
+                    "mean_tpr": round(float(g["mean_tpr"].mean()), 2),
+                    "cnn_epochs": _one(g["cnn_epochs"]), "fusion_epochs": _one(g["fusion_epochs"]),
+                    "finetune_lr": _one(g["finetune_lr"]), "paper_FI_acc": TABLE1_VARIANTS.get(v, math.nan)})
+    return pd.DataFrame(out)
+
+
+def _one(col):
+    vals = sorted(set(col))
+    return vals[0] if len(vals) == 1 else "/".join(map(str, vals))
+
+
+def compare(runs, claims=CLAIMS, confidence: float = CONFIDENCE, margin: float = EQUIVALENCE_MARGIN):
+    """claims.csv: for each comparison of Sec. 4.3 whose two rows were trained, the per-seed paired difference of
+    test accuracy a - b (points), its mean, t-interval and verdict, beside the paper's FI difference."""
+    import pandas as pd
+
+    acc = runs.pivot_table(index="seed", columns="variant", values="test_acc")
+    out = []
+    for a, b, what, kind in claims:
+        if a not in acc or b not in acc:
+            continue
+        d = (acc[a] - acc[b]).dropna()
+        mean, sd, low, high = mean_interval(d, confidence)
+        pa, pb = TABLE1_VARIANTS.get(a), TABLE1_VARIANTS.get(b)
+        out.append({"comparison": f"{a} vs {b}", "claim": what, "kind": kind, "n_seeds": len(d),
+                    "per_seed": " ".join(f"{x:+.1f}" for x in d), "mean_diff": round(mean, 2), "std": round(sd, 2),
+                    "ci_low": round(low, 2), "ci_high": round(high, 2), "verdict": verdict(low, high, kind, margin),
+                    "paper_FI_diff": round(pa - pb, 2) if pa is not None and pb is not None else math.nan})
+    return pd.DataFrame(out)
+
+
+def run_table1(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, *, seeds: int = 3,
+               seed: int = 0, variants: Sequence[str] = PROTOCOL_VARIANTS, progress: bool = False, log=print):
+    """run_protocol, then Table 1 and the claims from it: (runs, table1, claims), written to RUN/table1/ as
+    runs.csv, table1.csv and claims.csv."""
+    from .figures import save_table
+
+    runs = run_protocol(data_dir, run_dir, cfg, seeds=seeds, seed=seed, variants=variants, progress=progress, log=log)
+    table, claims = summarise(runs, cfg=cfg), compare(runs)
+    save_table(table, Path(run_dir) / "table1" / "table1.csv", index=False)
+    save_table(claims, Path(run_dir) / "table1" / "claims.csv", index=False)
+    return runs, table, claims
+
+
+def row_label(variant: str) -> str:
+    """Table 1's name for a variant; the max / avg aggregation has none."""
+    if variant in TABLE1_ROW:
+        return TABLE1_ROW[variant]
+    fusion, n = parse_variant(variant)
+    return f"CNN+{n} Branches+{fusion.capitalize()} (not in Table 1)"
+
+
+def label_ceiling(run_dir: str | os.PathLike) -> float | None:
+    """The best test accuracy any model can reach on a synthetic run's test split, in %: the share of test images
+    whose folder label is their true class (synth's label noise flips the rest). None for data without factors."""
+    import pandas as pd
+
+    from .utils import read_json
+
+    run_dir = Path(run_dir)
+    root = Path(read_json(run_dir / "run.json")["data_root"])
+    if not (root / "factors.csv").exists():
+        return None
+    f = pd.read_csv(root / "factors.csv").set_index("path")
+    split = pd.read_csv(run_dir / "split.csv")
+    test = split[split["split"] == "test"]["path"]
+    f = f.reindex(test)
+    return round(100 * float((f["label"] == f["true_label"]).mean()), 2)
+
+
+__all__ = ["PROTOCOL_VARIANTS", "REFERENCE", "CLAIMS", "VERDICTS", "EQUIVALENCE_MARGIN", "mean_interval",
+           "t_quantile", "verdict", "shared_stages", "row_folder", "seed_cnns", "run_protocol", "run_table1", "protocol_of",
+           "summarise", "compare", "row_label", "label_ceiling"]
