@@ -9,6 +9,11 @@ The paper's premise is that the branches carry different levels of cues - colour
 (high) - and the Bi-GRU combines them. On the built-in synthetic data those cues are known for every image
 (`factors.csv`), so the premise can be measured: a linear probe (logistic regression) on each branch's features
 FC_1..FC_4 and FC_5 says how well that branch predicts each factor.
+
+A probe's accuracy alone does not say what training added: random convolutions already carry much of the texture
+and shape information, and a colour histogram of the pixels reads the palette. `controlled_probes` therefore
+probes, per seed, the trained CNN beside its own untrained initialisation (`control_cnn`) and two pixel baselines;
+`probe_gain` is the trained-minus-control difference with a t-interval over seeds.
 """
 from __future__ import annotations
 
@@ -16,17 +21,19 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .ablation import _relative_paths, extract_features, load_cnn
 from .config import Config
 from .data import DatasetIndex, EmotionDataset, five_crop_boxes
 from .errors import ConfigError, DataError
+from .experiment import mean_interval
 from .model import ModelConfig, UnifiedCNNRNN, receptive_field
-from .train import make_loader
+from .train import derive_seed, make_loader
 from .utils import resolve_device
 
 LAYERS = ("pool1", "pool2", "pool3")  # Fig. 3
@@ -118,13 +125,20 @@ def top_patches(model: UnifiedCNNRNN, part: DatasetIndex, cfg: Config, layers: S
     return out
 
 
+def _centre_crops(samples, part: DatasetIndex, cfg: Config):
+    """The centre crop (FiveCrop's fifth box, Sec. 4.1) of each sample as an (H, W, 3) uint8 array: the pixels
+    extract_features(..., "center") feeds the CNN, before normalisation."""
+    ds = EmotionDataset(samples, part.class_to_idx, resize=cfg.data.resize, crop=cfg.data.crop, train=False,
+                        max_pixels=cfg.data.max_pixels, cache=False)
+    for i in range(len(ds)):
+        x = ds.resized(i)
+        left, top, right, bottom = five_crop_boxes(x.shape[2], x.shape[1], cfg.data.crop)[4]
+        yield x[:, top:bottom, left:right].permute(1, 2, 0).numpy()
+
+
 def centre_crop(part: DatasetIndex, i: int, cfg: Config) -> np.ndarray:
     """The centre crop the network saw for image i, as an (H, W, 3) uint8 array."""
-    ds = EmotionDataset([part.samples[i]], part.class_to_idx, resize=cfg.data.resize, crop=cfg.data.crop,
-                        train=False, max_pixels=cfg.data.max_pixels, cache=False)
-    x = ds.resized(0)
-    left, top, right, bottom = five_crop_boxes(x.shape[2], x.shape[1], cfg.data.crop)[4]
-    return x[:, top:bottom, left:right].permute(1, 2, 0).numpy()
+    return next(_centre_crops([part.samples[i]], part, cfg))
 
 
 def plot_top_patches(tops: Sequence[ChannelTop], part: DatasetIndex, cfg: Config, cell: float = 1.1):
@@ -224,6 +238,143 @@ def majority_rate(factors: pd.DataFrame, paths: Sequence[str], names: Sequence[s
     return pd.Series({n: float(f[n].value_counts(normalize=True).max()) for n in names}, name="majority")
 
 
+# ----------------------------------------------------------------------------- controls: untrained CNN, pixels
+
+SOURCES = ("trained", "random init")  # the CNN sources of controlled_probes, per seed
+MAJORITY = "majority"
+NO_LEVEL = "-"  # the level of rows that come from no branch (pixel baselines, majority)
+
+
+def control_cnn(cfg: Config) -> UnifiedCNNRNN:
+    """The untrained network of `cfg`'s architecture: exactly the initial draw fit() starts from (seeded by
+    derive_seed(cfg.train.seed, "init")), in eval mode, its batch norms at their initial statistics (mean 0,
+    variance 1). The caller's random stream is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.train.seed, "init"))
+        return UnifiedCNNRNN(cfg.model).eval()
+
+
+def _chroma_histogram(crop: np.ndarray, bins: int) -> np.ndarray:
+    from PIL import Image
+
+    ycc = np.asarray(Image.fromarray(crop).convert("YCbCr"))
+    h, _, _ = np.histogram2d(ycc[..., 1].ravel(), ycc[..., 2].ravel(), bins=bins, range=[[0, 256], [0, 256]])
+    return (h / h.sum()).ravel()
+
+
+def _grey_thumbnail(crop: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    grey = Image.fromarray(crop).convert("L").resize((size, size), Image.BOX)  # box: the mean of each cell
+    return np.asarray(grey, dtype=np.float64).ravel() / 255
+
+
+#: kind -> (feature of one uint8 centre crop, its size parameter); the source name is "pixels: KIND"
+PIXEL_BASELINES = {"colour histogram": (_chroma_histogram, 8), "grey thumbnail": (_grey_thumbnail, 8)}
+
+
+def pixel_features(part: DatasetIndex, cfg: Config, kind: str = "colour histogram",
+                   size: int | None = None) -> np.ndarray:
+    """A pixel baseline for the probes, one row per image of `part`, from the same centre crop the CNN features
+    use (the uint8 pixels before the ImageNet normalisation):
+
+    - "colour histogram": the joint histogram of chroma (Cb, Cr of JPEG's YCbCr) in size x size bins
+      (default 8 x 8 = 64), as fractions of the crop's pixels. Chroma, not RGB: it leaves out luma, so the
+      baseline reads the palette (the low-level cue of Sec. 1) and neither lighting nor texture.
+    - "grey thumbnail": the luma averaged over size x size boxes (default 8 x 8), in [0, 1]: coarse layout
+      with no colour, the cheapest stand-in for shape.
+    """
+    if kind not in PIXEL_BASELINES:
+        raise ConfigError(f"kind={kind!r}: choose one of {', '.join(PIXEL_BASELINES)}")
+    fn, default = PIXEL_BASELINES[kind]
+    n = default if size is None else int(size)
+    rows = [fn(crop, n) for crop in _centre_crops(part.samples, part, cfg)]
+    return np.stack(rows) if rows else np.zeros((0, n * n))
+
+
+def _tidy(df: pd.DataFrame, source: str, seed) -> list[dict]:
+    return [{"source": source, "level": level, "cue": cue, "seed": seed, "accuracy": float(df.loc[level, cue])}
+            for level in df.index for cue in df.columns]
+
+
+def _feature_cache(cache, seed: int, source: str, split: str) -> Path | None:
+    return None if cache is None else Path(cache) / f"seed-{seed}" / f"{source.replace(' ', '-')}-{split}.pt"
+
+
+def controlled_probes(checkpoints: Iterable[str | os.PathLike], parts: Mapping[str, DatasetIndex],
+                      factors: pd.DataFrame, cache: str | os.PathLike | None = None, names: Sequence[str] = FACTORS,
+                      C: float = 1.0, pixels: Sequence[str] = tuple(PIXEL_BASELINES),
+                      device: str | torch.device | None = None) -> pd.DataFrame:
+    """The probe table with its controls, tidy: one row per (source, level, cue, seed) with the test accuracy.
+
+    `checkpoints`: one CNN per seed (a run's stage-main.pt: the multi-stage CNN of Sec. 3.2); the seed is its
+    cfg.train.seed. For each, probe_branches on the centre-crop features of the trained CNN (source "trained")
+    and of its untrained initialisation control_cnn(cfg) ("random init"); once, the pixel baselines
+    ("pixels: colour histogram", ...) and the majority rate ("majority"), whose level is "-" and seed <NA>.
+    Probes fit on parts["train"] and score on parts["test"]. `cache`: a folder for the CNN features
+    (cache/seed-K/SOURCE-SPLIT.pt, reused while the weights and images are the same).
+    """
+    rows, seeds, geometry = [], set(), set()
+    for path in checkpoints:
+        model, cfg = load_cnn(path)
+        seed = cfg.train.seed
+        if seed in seeds:
+            raise ConfigError(f"{path}: a second checkpoint of seed {seed}; pass one CNN per seed")
+        seeds.add(seed)
+        geometry.add((cfg.data.resize, cfg.data.crop))
+        for source, net in zip(SOURCES, (model, control_cnn(cfg))):
+            f = {s: extract_features(net, parts[s], cfg, "center", cache=_feature_cache(cache, seed, source, s),
+                                     device=device) for s in ("train", "test")}
+            rows += _tidy(probe_branches(f["train"], f["test"], factors, names, C), source, seed)
+    if not seeds:
+        raise ConfigError("no checkpoints to probe: train a CNN first (fit(..., until='main'))")
+    if len(geometry) > 1:
+        raise ConfigError(f"the checkpoints crop differently ({sorted(geometry)}): the pixel baseline needs one "
+                          "crop geometry")
+    ft, fs = (match_factors(factors, _relative_paths(parts[s])) for s in ("train", "test"))
+    for kind in pixels:
+        xtr, xte = pixel_features(parts["train"], cfg, kind), pixel_features(parts["test"], cfg, kind)
+        rows += [{"source": f"pixels: {kind}", "level": NO_LEVEL, "cue": n, "seed": pd.NA,
+                  "accuracy": linear_probe(xtr, ft[n].to_numpy(), xte, fs[n].to_numpy(), C)} for n in names]
+    rows += [{"source": MAJORITY, "level": NO_LEVEL, "cue": n, "seed": pd.NA, "accuracy": float(a)}
+             for n, a in majority_rate(factors, _relative_paths(parts["test"]), names).items()]
+    df = pd.DataFrame(rows, columns=["source", "level", "cue", "seed", "accuracy"])
+    return df.astype({"seed": "Int64"})
+
+
+def probe_gain(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """What training added, per level and cue: gain = trained - random init, paired by seed, averaged over seeds,
+    with a `confidence` t-interval over the seeds (NaN with one seed). Columns: level, cue, trained,
+    random init (both means over seeds), gain, gain_low, gain_high, seeds."""
+    key = ["level", "cue", "seed"]
+    trained = table[table.source == SOURCES[0]].set_index(key)["accuracy"]
+    control = table[table.source == SOURCES[1]].set_index(key)["accuracy"]
+    missing = trained.index.difference(control.index)
+    if len(missing):
+        raise DataError(f"no random-init control for {len(missing)} trained row(s), e.g. {missing[0]}")
+    paired = pd.DataFrame({SOURCES[0]: trained, SOURCES[1]: control.reindex(trained.index)}).reset_index()
+    paired["gain"] = paired[SOURCES[0]] - paired[SOURCES[1]]
+    rows = []
+    for (level, cue), g in paired.groupby(["level", "cue"], sort=False):
+        mean, _, low, high = mean_interval(g["gain"], confidence)
+        rows.append({"level": level, "cue": cue, SOURCES[0]: g[SOURCES[0]].mean(), SOURCES[1]: g[SOURCES[1]].mean(),
+                     "gain": mean, "gain_low": low, "gain_high": high, "seeds": len(g)})
+    return pd.DataFrame(rows)
+
+
+def pivot_probes(table: pd.DataFrame) -> pd.DataFrame:
+    """Levels x (cue, source) mean accuracy over seeds: each cue's trained, random init, pixel and majority
+    columns side by side (the baselines belong to no level and repeat down their column)."""
+    mean = table.groupby(["source", "level", "cue"], sort=False)["accuracy"].mean()
+    levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
+    cols = pd.MultiIndex.from_product([list(table["cue"].unique()), list(table["source"].unique())],
+                                      names=["cue", "source"])
+    out = pd.DataFrame(np.nan, index=pd.Index(levels, name="level"), columns=cols)
+    for (source, level, cue), v in mean.items():
+        out.loc[levels if level == NO_LEVEL else level, (cue, source)] = v
+    return out
+
+
 def plot_probes(df: pd.DataFrame, title: str = "linear probe accuracy (chance 0.5)"):
     """Heatmap of branches x factors, on a fixed 0.5 (chance) - 1.0 scale."""
     import matplotlib.pyplot as plt
@@ -240,6 +391,54 @@ def plot_probes(df: pd.DataFrame, title: str = "linear probe accuracy (chance 0.
     return fig
 
 
+def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: trained CNN vs. its random init"):
+    """One panel per cue: each level's trained accuracy (bar: mean over seeds, dots: the seeds) beside its
+    random-init control, the gain (trained - random init) under each level's name; pixel baselines and the
+    majority rate as horizontal lines. Fixed 0.4 - 1.0 scale, so panels and runs compare at a glance; a value
+    below 0.4 is a seed's triangle on the floor."""
+    import matplotlib.pyplot as plt
+
+    FLOOR = 0.4
+    cues = list(table["cue"].unique())
+    levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
+    baselines = [s for s in table["source"].unique() if s not in SOURCES]
+    lines = iter([dict(color="C2", ls="--"), dict(color="C3", ls="-."), dict(color="C4", ls=(0, (5, 1)))])
+    styles = {s: dict(color="0.2", ls=":") if s == MAJORITY else next(lines, dict(color="C5", ls="--"))
+              for s in baselines}
+    colours, width, x = {SOURCES[0]: "C0", SOURCES[1]: "0.72"}, 0.38, np.arange(len(levels))
+    fig, axes = plt.subplots(1, len(cues), figsize=(3.3 * len(cues) + 0.4, 3.9), sharey=True, squeeze=False)
+    for ax, cue in zip(axes[0], cues):
+        t = table[table["cue"] == cue]
+        means = {}
+        for k, source in enumerate(SOURCES):
+            acc = t[t["source"] == source]
+            means[source] = acc.groupby("level", sort=False)["accuracy"].mean().reindex(levels)
+            pos = x + (k - 0.5) * width
+            ax.bar(pos, means[source].to_numpy(), width, color=colours[source], label=source, zorder=2)
+            px, y = pos[[levels.index(lv) for lv in acc["level"]]], acc["accuracy"].to_numpy()
+            ax.scatter(px[y >= FLOOR], y[y >= FLOOR], s=9, color="black", zorder=3,
+                       label="one seed" if k == 0 else None)
+            ax.scatter(px[y < FLOOR], np.full((y < FLOOR).sum(), FLOOR + 0.015), marker="v", s=14, color="black",
+                       zorder=3)  # off the scale: a triangle on the floor says so
+        for source in baselines:
+            ax.axhline(t[t["source"] == source]["accuracy"].mean(), lw=1.3, label=source, zorder=4,
+                       **styles[source])
+        gain = means[SOURCES[0]] - means[SOURCES[1]]
+        ax.set_xticks(x, [f"{lv.replace(' (', chr(10) + '(')}\n{g:+.2f}" for lv, g in gain.items()], fontsize=8)
+        ax.set_ylim(FLOOR, 1.0)
+        ax.set_title(cue)
+        ax.grid(axis="x", visible=False)
+    axes[0][0].set_ylabel("probe test accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in SOURCES, labels[i] != "one seed"))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=len(labels),
+               fontsize=8, frameon=False)
+    fig.suptitle(f"{title} (under each level: gain = trained - random init)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
 __all__ = ["LAYERS", "FACTORS", "patch_box", "ChannelTop", "layer_maxima", "choose_channels", "top_patches",
            "centre_crop", "plot_top_patches", "read_factors", "match_factors", "linear_probe", "branch_label",
-           "probe_branches", "majority_rate", "plot_probes"]
+           "probe_branches", "majority_rate", "plot_probes", "SOURCES", "MAJORITY", "NO_LEVEL", "control_cnn",
+           "PIXEL_BASELINES", "pixel_features", "controlled_probes", "probe_gain", "pivot_probes",
+           "plot_controlled_probes"]

@@ -10,7 +10,7 @@ from emotionlib import probes
 from emotionlib.ablation import Features, _relative_paths, extract_features
 from emotionlib.config import get_config
 from emotionlib.data import DatasetIndex, open_dataset
-from emotionlib.errors import DataError
+from emotionlib.errors import ConfigError, DataError
 from emotionlib.model import UnifiedCNNRNN, receptive_field
 from emotionlib.probes import choose_channels, linear_probe, patch_box
 from emotionlib.synth import CLASS_FACTORS, generate
@@ -172,3 +172,155 @@ def test_probe_on_real_branch_features(data):
     df = probes.probe_branches(f_tr, f_te, probes.read_factors(data))
     assert df.shape == (5, 3) and df.notna().all().all()
     assert df.loc["FC_1 (pool1)", "colour"] > 0.8
+
+
+# ----------------------------------------------------------------------------- controls
+
+
+@pytest.fixture(scope="module")
+def branch1_run(data, tmp_path_factory) -> Path:
+    """One tiny epoch of the first stage: trunk stage 1 and branch 1 trained, every other module as drawn."""
+    from emotionlib.train import fit
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    fit(tiny(), data, out, until="branch1", progress=False)
+    return out / "checkpoints" / "stage-branch1.pt"
+
+
+def halves(data: Path) -> dict[str, DatasetIndex]:
+    index = open_dataset(data)
+    return {split: DatasetIndex(index.root, index.classes, index.samples[k::2], [])
+            for k, split in enumerate(("train", "test"))}
+
+
+def test_control_cnn_is_the_initial_draw_of_fit(branch1_run):
+    from emotionlib.train import derive_seed, load_checkpoint
+
+    cfg = tiny()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    control = probes.control_cnn(cfg)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is left alone
+    torch.manual_seed(derive_seed(cfg.train.seed, "init"))
+    drawn = UnifiedCNNRNN(cfg.model).state_dict()
+    state = control.state_dict()
+    assert not control.training and state.keys() == drawn.keys()
+    assert all(torch.equal(state[k], drawn[k]) for k in drawn)
+    bn = [k for k in state if k.endswith("running_var")]
+    assert bn and all(torch.equal(state[k], torch.ones_like(state[k])) for k in bn)  # initial statistics
+    trained = load_checkpoint(branch1_run)["model"]
+    stage1 = ("trunk.stages.0.", "branches.branch1.")
+    changed = [k for k in state if k.startswith(stage1) and not torch.equal(state[k], trained[k])]
+    assert changed  # what the epoch trained differs from the control ...
+    untouched = [k for k in state if not k.startswith(stage1)]
+    assert all(torch.equal(state[k], trained[k]) for k in untouched)  # ... and the rest is fit's own draw
+    other = probes.control_cnn(get_config("tiny", **{"train.seed": 1})).state_dict()
+    assert not torch.equal(other["trunk.stages.0.convs.0.weight"], state["trunk.stages.0.convs.0.weight"])
+
+
+def test_pixel_features_read_the_centre_crop(tmp_path):
+    """tiny: resize 52, crop 48, so a 52 x 52 image loses a 2-px frame; a warm frame around a cool centre reads
+    as cool."""
+    from PIL import Image
+
+    warm, cool = (230, 120, 30), (40, 110, 220)
+    framed = np.full((52, 52, 3), warm, np.uint8)
+    framed[2:50, 2:50] = cool
+    for name, a in (("warm", np.full((52, 52, 3), warm, np.uint8)), ("cool", np.full((52, 52, 3), cool, np.uint8)),
+                    ("framed", framed)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(a).save(tmp_path / name / f"{name}.png")
+    part = open_dataset(tmp_path)
+    names = [s.label for s in part.samples]
+    hist = probes.pixel_features(part, tiny())
+    assert hist.shape == (3, 64) and np.allclose(hist.sum(1), 1)
+    w, c, f = (hist[names.index(n)] for n in ("warm", "cool", "framed"))
+    assert not np.array_equal(w, c) and np.array_equal(f, c)
+    assert w.reshape(8, 8).sum(0)[4:].sum() == 1 and c.reshape(8, 8).sum(0)[4:].sum() == 0  # warm: Cr above 128
+    thumb = probes.pixel_features(part, tiny(), "grey thumbnail", size=4)
+    assert thumb.shape == (3, 16) and ((thumb >= 0) & (thumb <= 1)).all()
+    with pytest.raises(ConfigError, match="kind='rgb'"):
+        probes.pixel_features(part, tiny(), "rgb")
+
+
+def test_controlled_table_has_every_source_for_every_level_and_cue(data, branch1_run, tmp_path):
+    from emotionlib.ablation import cnn_digest, load_cnn
+
+    table = probes.controlled_probes([branch1_run], halves(data), probes.read_factors(data), cache=tmp_path)
+    assert list(table.columns) == ["source", "level", "cue", "seed", "accuracy"]
+    levels = ["FC_1 (pool1)", "FC_2 (pool2)", "FC_3 (pool3)", "FC_4 (pool4)", "FC_5 (main)"]
+    for source in probes.SOURCES:
+        rows = table[table.source == source]
+        assert sorted(zip(rows.level, rows.cue)) == sorted((lv, c) for lv in levels for c in probes.FACTORS)
+        assert (rows.seed == 0).all()
+    for source in ("pixels: colour histogram", "pixels: grey thumbnail", "majority"):
+        rows = table[table.source == source]
+        assert list(rows.cue) == list(probes.FACTORS) and (rows.level == "-").all() and rows.seed.isna().all()
+    assert table.accuracy.between(0, 1).all()
+    assert (table[table.source == "majority"].accuracy == 0.5).all()
+    assert table[table.source == "pixels: colour histogram"].set_index("cue").accuracy["colour"] > 0.9
+    model, cfg = load_cnn(branch1_run)  # each source's features came from the CNN it is named for
+    for source, net in (("trained", model), ("random-init", probes.control_cnn(cfg))):
+        assert torch.load(tmp_path / "seed-0" / f"{source}-test.pt", weights_only=True)["key"]["cnn"] == cnn_digest(net)
+    with pytest.raises(ConfigError, match="a second checkpoint of seed 0"):
+        probes.controlled_probes([branch1_run, branch1_run], halves(data), probes.read_factors(data), cache=tmp_path)
+
+
+def hand_table(gains: dict[int, float]) -> pd.DataFrame:
+    """Two levels x two cues; the control reads 0.6 + 0.1 * seed everywhere, training adds `gains[seed]` to FC_1's
+    colour and nothing elsewhere. Plus a pixel and a majority row per cue."""
+    rows = []
+    for seed, g in gains.items():
+        for level in ("FC_1 (pool1)", "FC_5 (main)"):
+            for cue in ("colour", "shape"):
+                control = 0.6 + 0.1 * seed
+                gain = g if (level, cue) == ("FC_1 (pool1)", "colour") else 0.0
+                rows += [("trained", level, cue, seed, control + gain), ("random init", level, cue, seed, control)]
+    rows += [(src, "-", cue, pd.NA, 0.5) for src in ("pixels: colour histogram", "majority")
+             for cue in ("colour", "shape")]
+    return pd.DataFrame(rows, columns=["source", "level", "cue", "seed", "accuracy"]).astype({"seed": "Int64"})
+
+
+def test_gain_is_trained_minus_the_control_of_the_same_seed():
+    gain = probes.probe_gain(hand_table({0: 0.1, 1: 0.2, 2: 0.3})).set_index(["level", "cue"])
+    assert list(gain.index) == [("FC_1 (pool1)", "colour"), ("FC_1 (pool1)", "shape"), ("FC_5 (main)", "colour"),
+                                ("FC_5 (main)", "shape")]
+    assert gain.loc[("FC_1 (pool1)", "colour"), "gain"] == pytest.approx(0.2)
+    assert gain.loc[("FC_1 (pool1)", "colour"), "random init"] == pytest.approx(0.7)  # mean of 0.6, 0.7, 0.8
+    assert gain.loc[("FC_1 (pool1)", "colour"), "trained"] == pytest.approx(0.9)  # 0.7, 0.9, 1.1
+    assert (gain.drop(("FC_1 (pool1)", "colour"))["gain"].abs() < 1e-12).all()
+    assert (gain.seeds == 3).all()
+    broken = hand_table({0: 0.1})
+    with pytest.raises(DataError, match="no random-init control"):
+        probes.probe_gain(broken[~((broken.source == "random init") & (broken.cue == "shape"))])
+
+
+def test_gain_interval_is_a_t_interval_over_seeds_and_nan_for_one():
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t_{0.975, 2}; sample sd 0.1 (experiment.mean_interval)
+    g3 = probes.probe_gain(hand_table({0: 0.1, 1: 0.2, 2: 0.3})).iloc[0]
+    assert (g3.gain_low, g3.gain_high) == pytest.approx((0.2 - half, 0.2 + half))
+    g1 = probes.probe_gain(hand_table({0: 0.1})).iloc[0]
+    assert g1.gain == pytest.approx(0.1) and g1.seeds == 1 and np.isnan(g1.gain_low) and np.isnan(g1.gain_high)
+
+
+def test_pivot_puts_trained_beside_control_beside_the_baselines():
+    wide = probes.pivot_probes(hand_table({0: 0.1, 1: 0.3}))
+    assert list(wide.index) == ["FC_1 (pool1)", "FC_5 (main)"]
+    assert list(wide.columns.get_level_values(1)[:4]) == ["trained", "random init", "pixels: colour histogram",
+                                                          "majority"]
+    assert wide.loc["FC_1 (pool1)", ("colour", "trained")] == pytest.approx(0.85)  # (0.7 + 1.0) / 2
+    assert (wide[("shape", "majority")] == 0.5).all() and wide.notna().all().all()
+
+
+def test_controlled_plot_has_a_panel_per_cue_with_bars_and_baselines():
+    import matplotlib.pyplot as plt
+
+    fig = probes.plot_controlled_probes(hand_table({0: 0.1, 1: 0.3}))
+    assert [ax.get_title() for ax in fig.axes] == ["colour", "shape"]
+    for ax in fig.axes:
+        assert ax.get_ylim() == (0.4, 1.0)
+        assert len(ax.patches) == 2 * 2  # trained and random init for each level
+        assert len(ax.lines) == 2  # the pixel baseline and the majority rate
+    assert fig.axes[0].get_xticklabels()[0].get_text().endswith("+0.20")  # FC_1 colour: mean gain
+    plt.close(fig)
