@@ -353,7 +353,7 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
     d = cfg.data
     ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
                         resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
-                        cache=d.cache, disk_cache=d.disk_cache or None)
+                        cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
     kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
                               persistent_workers=d.num_workers > 0)
     if batch_sampler is not None:
