@@ -76,6 +76,10 @@ class ModelConfig:
     branch_dropout: float = 0.5  # (ours) after FC, as in GoogLeNet's auxiliary classifiers
     rnn_hidden: int = 512  # Sec. 4.1: "The Bi-GRU has 512 hidden units"
     dropout: float = 0.5  # Sec. 4.1: dropout on the Bi-GRU output; the rate is ours
+    # (ours: off) Sec. 4.1's three FC layers "of 1,024, 512 and 512 neurons" read as FC, FC_i and FC_5, so the FC
+    # after H is the classifier itself; True reads the third as an FC of 512 (fused_feature) between H and the
+    # classifier (docs/architecture.md)
+    top_fc: bool = False
     rnn_cell: str = "paper"  # "paper": Eq. 6-9 written out; "torch": nn.GRU (reset gate after the product)
 
     @property
@@ -104,6 +108,8 @@ class ModelConfig:
             raise ConfigError(f"branch_order={self.branch_order!r}: use 'conv-pool' or 'pool-conv'")
         if self.rnn_cell not in ("paper", "torch"):
             raise ConfigError(f"rnn_cell={self.rnn_cell!r}: use 'paper' or 'torch'")
+        if not isinstance(self.top_fc, bool):
+            raise ConfigError(f"model.top_fc={self.top_fc!r}: use true or false")
         if not 0 <= self.dropout < 1 or not 0 <= self.branch_dropout < 1:
             raise ConfigError("dropout rates must lie in [0, 1)")
         return self
@@ -301,8 +307,17 @@ class TorchRNN(nn.Module):
         return [p for n, p in self.rnn.named_parameters() if n.startswith("weight")]
 
 
+def _top_fc(width: int, cfg: ModelConfig) -> tuple[nn.Module, int]:
+    """model.top_fc: an FC of fused_feature units (512) and its ReLU between the fused feature and the classifier,
+    or nothing (the default reading); returns it and the classifier's input width."""
+    if not cfg.top_fc:
+        return nn.Identity(), width
+    return nn.Sequential(nn.Linear(width, cfg.fused_feature), nn.ReLU(inplace=True)), cfg.fused_feature
+
+
 class RNNFusion(nn.Module):
-    """Sec. 3.3: a recurrent net over V_1..V_T (low to high level), H -> dropout -> FC -> softmax (Eq. 10)."""
+    """Sec. 3.3: a recurrent net over V_1..V_T (low to high level), H -> dropout -> FC -> softmax (Eq. 10); with
+    model.top_fc, H -> dropout -> FC 512 -> ReLU -> FC -> softmax."""
 
     def __init__(self, kind: str, input_size: int, cfg: ModelConfig):
         super().__init__()
@@ -313,10 +328,15 @@ class RNNFusion(nn.Module):
         else:
             self.rnn = TorchRNN(base, input_size, cfg.rnn_hidden, bidirectional)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(cfg.rnn_hidden * (2 if bidirectional else 1), cfg.num_classes)
+        self.top, width = _top_fc(cfg.rnn_hidden * (2 if bidirectional else 1), cfg)
+        self.fc = nn.Linear(width, cfg.num_classes)
+
+    def features(self, seq: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier `fc`: H (Eq. 10), or the top FC's output with model.top_fc."""
+        return self.top(self.dropout(self.rnn(seq)))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.rnn(seq)))
+        return self.fc(self.features(seq))
 
     def weight_matrices(self) -> list[torch.Tensor]:
         """theta of Eq. 11: the recurrent net's weight matrices (no biases)."""
@@ -337,11 +357,16 @@ class PoolFusion(nn.Module):
         super().__init__()
         self.kind = kind
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(input_size, cfg.num_classes)
+        self.top, width = _top_fc(input_size, cfg)
+        self.fc = nn.Linear(width, cfg.num_classes)
+
+    def features(self, seq: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier `fc`: the pooled V (through the top FC with model.top_fc)."""
+        pooled = seq.amax(dim=1) if self.kind == "max" else seq.mean(dim=1)
+        return self.top(self.dropout(pooled))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        pooled = seq.amax(dim=1) if self.kind == "max" else seq.mean(dim=1)
-        return self.fc(self.dropout(pooled))
+        return self.fc(self.features(seq))
 
     def weight_matrices(self) -> list[torch.Tensor]:
         return []

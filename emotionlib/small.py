@@ -192,7 +192,8 @@ def tpr_summary(y: np.ndarray, scores: np.ndarray, fold: np.ndarray, classes: li
 
 def unified_features(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """The input of the model's last FC, which the protocol replaces: H of the RNN (Eq. 10), the pooled V (max,
-    avg), the main branch's V (softmax); for the ensemble, which has no single last FC, all V concatenated."""
+    avg), either through the top FC with model.top_fc; the main branch's V (softmax); for the ensemble, which has
+    no single last FC, all V concatenated."""
     fusion = model.cfg.fusion
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -202,9 +203,7 @@ def unified_features(model) -> Callable[[torch.Tensor], torch.Tensor]:
         seq = torch.stack([feats[k][0] for k in model.feature_keys], dim=1)
         if fusion == "ensemble":
             return seq.flatten(1)
-        if fusion in ("max", "avg"):
-            return seq.amax(1) if fusion == "max" else seq.mean(1)
-        return model.head.rnn(seq)
+        return model.head.features(seq)
 
     return fn
 
@@ -283,7 +282,7 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
         if m == "ours":
             x, yy, idx = five_crop_features(unified_features(model), loader, dev, desc="unified CNN-RNN",
                                             progress=progress)
-            info = {"features": "input of the last FC (H for RNN fusions)"}
+            info = {"features": "input of the last FC (H for RNN fusions; the top FC with model.top_fc)"}
         elif m == "handcrafted-svm":
             x, yy, idx = handcrafted_matrix(index, progress=progress), y, np.arange(len(y))
             info = {"features": f"hand-crafted subset, {x.shape[1]} values at {FEATURE_SIZE} px"}

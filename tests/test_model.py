@@ -149,3 +149,24 @@ def test_rnn_cell_choice_and_regularised_weights():
     assert isinstance(paper.head.rnn, PaperGRU) and isinstance(lib.head.rnn, TorchRNN)
     assert len(paper.head.weight_matrices()) == 8 and all(w.dim() == 2 for w in paper.head.weight_matrices())
     assert len(lib.head.weight_matrices()) == 4  # weight_ih, weight_hh for each direction
+
+
+def test_top_fc_puts_an_fc_of_512_between_H_and_the_classifier():
+    """model.top_fc: the other reading of Sec. 4.1's "1,024, 512 and 512 neurons" (docs/architecture.md)."""
+    torch.manual_seed(0)
+    plain = UnifiedCNNRNN(tiny("bigru"))
+    assert not any(k.startswith("head.top") for k in plain.state_dict())  # off by default: the checkpoints of before
+    assert plain.head.fc.in_features == 2 * plain.cfg.rnn_hidden  # the FC after H is the classifier
+    model = UnifiedCNNRNN(tiny("bigru", top_fc=True)).eval()
+    top = model.head.top[0]
+    assert (top.in_features, top.out_features) == (2 * model.cfg.rnn_hidden, model.cfg.fused_feature)
+    assert model.head.fc.in_features == model.cfg.fused_feature
+    seq = torch.randn(3, 5, model.cfg.branch_feature)
+    with torch.no_grad():
+        h = model.head.rnn(seq)
+        torch.testing.assert_close(model.head(seq), model.head.fc(torch.relu(top(h))))
+    assert len(model.head.weight_matrices()) == len(plain.head.weight_matrices())  # Eq. 11's theta: the GRU's alone
+    pooled = UnifiedCNNRNN(tiny("max", top_fc=True)).eval()
+    assert pooled.head.fc.in_features == pooled.cfg.fused_feature and pooled(torch.randn(2, 3, 48, 48)).shape == (2, 8)
+    with pytest.raises(ConfigError, match="model.top_fc='yes'"):
+        tiny("bigru", top_fc="yes")

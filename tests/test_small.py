@@ -185,6 +185,21 @@ def test_our_features_are_the_input_of_the_last_fc(pretrained):
     assert h.shape == (3, 2 * cfg.model.rnn_hidden)
 
 
+def test_with_a_top_fc_our_features_are_its_output():
+    """model.top_fc: the last FC reads the top FC's 512 (here fused_feature) outputs, not H."""
+    import torch
+
+    from emotionlib.model import UnifiedCNNRNN
+
+    cfg = get_config("tiny", **{"model.top_fc": True})
+    model = UnifiedCNNRNN(cfg.model).eval()
+    x = torch.randn(2, 3, cfg.data.crop, cfg.data.crop)
+    with torch.no_grad():
+        h = S.unified_features(model)(x)
+        torch.testing.assert_close(model.head.fc(h), model(x))
+    assert h.shape == (2, cfg.model.fused_feature)
+
+
 # ----------------------------------------------------------------------------- the whole protocol
 
 
