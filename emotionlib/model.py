@@ -414,14 +414,15 @@ class UnifiedCNNRNN(nn.Module):
 
     def cnn_stages(self) -> list[Stage]:
         """Sec. 4.1: "if the first branch training is finished, the second branch training will begin with the
-        first branch fixed, and so on"; the main branch last. A trunk stage is trained together with the first
-        branch that taps it (or with the main branch when no side branch does, as for 4 branches' stage 4)."""
+        first branch fixed, and so on"; the main branch last. One branch per stage, so each stage trains and logs
+        its own head. A trunk stage is trained together with the first branch that taps it (or with the main
+        branch when no side branch does, as for 4 branches' stage 4): with six branches, branch 0 trains trunk
+        stage 1 and branch 1 then trains on it frozen."""
         stages, pending = [], 0
-        for s in range(4):
-            keys = [_branch_key(t) for t in self.taps if tap_stage(t) == s]
-            if keys:
-                stages.append(Stage("+".join(keys), list(range(pending, s + 1)), keys))
-                pending = s + 1
+        for t in self.taps:  # low to high level
+            s = tap_stage(t)
+            stages.append(Stage(_branch_key(t), list(range(pending, s + 1)), [_branch_key(t)]))
+            pending = max(pending, s + 1)
         stages.append(Stage("main", list(range(pending, 4)), ["main"]))
         return stages
 

@@ -123,12 +123,15 @@ def test_unknown_variant_is_a_config_error():
 @pytest.mark.parametrize("variant,expected", [
     ("bigru", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]), ("main", [])]),
     ("bigru4", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("main", [3])]),
-    ("bigru6", [("branch0+branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]), ("main", [])]),
+    # one branch per stage (Sec. 4.1): branch 0 trains with trunk stage 1, branch 1 follows on it frozen
+    ("bigru6", [("branch0", [0]), ("branch1", []), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]),
+                ("main", [])]),
     ("softmax", [("main", [0, 1, 2, 3])]),
 ])
 def test_multi_stage_schedule(variant, expected):
     model = UnifiedCNNRNN(tiny(variant))
     assert [(s.name, s.trunk_stages) for s in model.cnn_stages()] == expected
+    assert all(s.heads == [s.name] for s in model.cnn_stages())  # each stage trains and logs one head
 
 
 def test_extract_runs_the_trunk_only_as_deep_as_needed():
