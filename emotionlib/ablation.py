@@ -124,7 +124,7 @@ def _branch_outputs(model: UnifiedCNNRNN, maps: dict[str, torch.Tensor]) -> tupl
     side = [model.branches[k](maps[tap]) for k, tap in zip(model.branches.keys(), model.taps)]
     main = model.main(maps["pool4"], side)
     logits = [model.branches[k].classifier(v) for k, v in zip(model.branches.keys(), side)]
-    return torch.stack([*side, main], 1).float(), torch.stack([*logits, model.main.classifier(main)], 1).float()
+    return torch.stack([*side, main], 1).float(), torch.stack([*logits, model.main.logits(main)], 1).float()
 
 
 def _load_cache(cache: str | os.PathLike | None, key: dict[str, Any]) -> Features | None:

@@ -202,14 +202,19 @@ class Branch(nn.Module):
 
 class MainBranch(nn.Module):
     """The main branch (Fig. 2): 1x1 conv (128) on pool4 -> FC (1024); then FC_5 over concat[FC_1..FC_k, FC]
-    ("the main branch integrates features from different layers"). Without side branches it is FC -> softmax."""
+    ("the main branch integrates features from different layers"). Without side branches it is FC -> softmax.
+
+    Dropout follows FC, as in the side branches. With side branches it sits between FC and FC_5; without them V
+    is FC itself, so the dropout moves to the classifier's input (`logits`): the contrastive distances of Eq. 3-4
+    are taken before dropout, as for FC_i and FC_5."""
 
     def __init__(self, cin: int, n_side: int, cfg: ModelConfig):
         super().__init__()
         p, c = cfg.branch_pool, cfg.branch_channels
         self.reduce = _reduce(cin, cfg)
+        drop = nn.Dropout(cfg.branch_dropout)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * p * p, cfg.main_fc), nn.ReLU(inplace=True),
-                                nn.Dropout(cfg.branch_dropout))
+                                *([drop] if n_side else []))
         if n_side:
             self.fc_5 = nn.Sequential(nn.Linear(n_side * cfg.branch_feature + cfg.main_fc, cfg.fused_feature),
                                       nn.ReLU(inplace=True))
@@ -217,11 +222,16 @@ class MainBranch(nn.Module):
         else:
             self.fc_5 = nn.Identity()
             out = cfg.main_fc
+        self.drop = nn.Identity() if n_side else drop
         self.classifier = nn.Linear(out, cfg.num_classes)
 
     def forward(self, pool4: torch.Tensor, side: list[torch.Tensor]) -> torch.Tensor:
         fc = self.fc(self.reduce(pool4))
         return self.fc_5(torch.cat([*side, fc], dim=1)) if side else fc
+
+    def logits(self, v: torch.Tensor) -> torch.Tensor:
+        """The main classifier (Eq. 1) on V (after dropout when V is FC itself)."""
+        return self.classifier(self.drop(v))
 
 
 # ----------------------------------------------------------------------------- recurrent fusion (Sec. 3.3)
@@ -451,7 +461,7 @@ class UnifiedCNNRNN(nn.Module):
             out[k] = (v, self.branches[k].classifier(v))
         if need_main:
             v = self.main(maps["pool4"], [out[k][0] for k in self.branches.keys()])
-            out["main"] = (v, self.main.classifier(v))
+            out["main"] = (v, self.main.logits(v))
         return {k: out[k] for k in heads}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -173,3 +173,17 @@ def test_top_fc_puts_an_fc_of_512_between_H_and_the_classifier():
     assert pooled.head.fc.in_features == pooled.cfg.fused_feature and pooled(torch.randn(2, 3, 48, 48)).shape == (2, 8)
     with pytest.raises(ConfigError, match="model.top_fc='yes'"):
         tiny("bigru", top_fc="yes")
+
+
+def test_without_branches_the_contrastive_feature_is_taken_before_dropout():
+    """Eq. 3-4 read V = FC of the main branch before its dropout, as for FC_i; the classifier still sees dropout."""
+    torch.manual_seed(0)
+    model = UnifiedCNNRNN(tiny("softmax", branch_dropout=0.5)).train()
+    x = torch.randn(4, 3, 48, 48)
+    (v1, logits1), (v2, logits2) = model.extract(x, ["main"])["main"], model.extract(x, ["main"])["main"]
+    torch.testing.assert_close(v1, v2)  # no dropout on V
+    assert not torch.allclose(logits1, logits2)  # dropout before the classifier
+    assert (v1 > 0).float().mean() > 0.3  # ReLU features, not half of them dropped to zero
+    model.eval()
+    v, logits = model.extract(x, ["main"])["main"]
+    torch.testing.assert_close(logits, model.main.classifier(v))
