@@ -206,8 +206,10 @@ def all_stages(model: UnifiedCNNRNN) -> list[Stage]:
 
 def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
                     frozen: set[str] = frozenset()) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
-    """CNN stages: SGD, lr 1e-3 (Sec. 4.1). Fusion: RMSprop lr 1e-4 for the head, and SGD with a smaller learning
-    rate to fine-tune the CNN ("the CNN part will be fine-tuned with a relatively small learning rate")."""
+    """CNN stages: `train.optimizer` at `train.lr` (the paper profile: SGD, lr 1e-3, Sec. 4.1; the smoke profile:
+    Adam). Fusion: RMSprop at `train.fusion_lr` for the head (1e-4), and the same `train.optimizer` at
+    `train.finetune_lr` to fine-tune the CNN ("the CNN part will be fine-tuned with a relatively small learning
+    rate")."""
     t = cfg.train
     if stage.name != "fusion":
         mods = [m for name, m in _stage_named_modules(model, stage) if name not in frozen]
@@ -528,8 +530,10 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
 def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage]) -> set[str]:
     """Start from another run's CNN (a run folder's model.pt, or any of its checkpoint files): copy every tensor
     whose name and shape agree, and freeze the modules copied whole. Returns the names of the modules to keep
-    frozen; a CNN stage none of whose modules needs training is skipped (so a fusion variant trains only its head,
-    `bigru6` only its new branch 0, `bigru4` only its new FC_5)."""
+    frozen; a CNN stage none of whose modules needs training is skipped. So a fusion variant trains only its head;
+    `bigru4` retrains the whole main branch (its FC_5 reads three side branches, so the main branch is not copied
+    whole and trains from the copied weights where shapes agree) and `bigru6` its new branch 0 and the whole main
+    branch."""
     path = base / "checkpoints" / "model.pt" if base.is_dir() else base
     src = load_checkpoint(path)["model"]
     own = model.state_dict()
