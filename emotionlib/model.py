@@ -3,7 +3,7 @@
 Trunk (four conv stages) -> branches tapped after each pooling layer (1x1 conv, 128 -> FC -> FC_i) ->
 main branch (concat[FC_1..FC_4, FC] -> FC_5) -> fusion over the sequence V_1..V_5 (Bi-GRU by default, Eq. 6-10).
 Choices the paper leaves open are marked "(ours)" and listed in the README's table of deviations; the
-reconstruction follows ../shared/paper/architecture.md.
+reconstruction, and the reasoning behind each choice, is docs/architecture.md.
 """
 from __future__ import annotations
 

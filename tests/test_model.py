@@ -1,4 +1,4 @@
-"""The architecture of Fig. 2 / architecture.md, the paper's GRU cell (Eq. 6-10) and the variants of Table 1."""
+"""The architecture of Fig. 2 / docs/architecture.md, the paper's GRU cell (Eq. 6-10) and the variants of Table 1."""
 import math
 
 import pytest
