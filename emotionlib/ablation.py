@@ -516,7 +516,8 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
     vcfg = {v: replace(cfg, model=replace(cfg.model, variant=v)) for v in variants}
 
     # 1. the CNNs: the base's for the rows with its taps; for other taps a copy of it that trains only the parts
-    #    the base lacks (the new FC_5, or the new branch 0), so its trunk stays the base's, bit for bit
+    #    the base lacks (the main branch, whose FC_5 is new, and the new branch 0), so its trunk stays the base's,
+    #    bit for bit
     cnns: dict[str, tuple[UnifiedCNNRNN, Path]] = {}
     seconds: dict[str, float] = {}
     for v in todo:
