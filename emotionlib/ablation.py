@@ -4,7 +4,8 @@ The paper trains and fine-tunes the whole CNN-RNN for every row of Table 1. That
 fusion variants share one CNN instead - the base run's `checkpoints/stage-main.pt`, the CNN after the
 multi-stage training of Sec. 3.2 and before the fusion of Sec. 3.3 - so each row costs a head trained in seconds:
 
-    base CNN -> V_1..V_T of every image, once, over the five crops and their mirrors (cached on disk)
+    base CNN -> V_1..V_T of every image, once, over the five crops and their mirrors (cached on disk; the
+                mirrors only where the CNN trained on them, data.mirror)
              -> lstm / bilstm / gru / bigru / max / avg heads on the cached features (Eq. 11, RMSprop)
              -> ensemble: the average of the branch classifiers' softmax, no training at all
 
@@ -109,7 +110,8 @@ def cnn_digest(model: UnifiedCNNRNN) -> str:
 
 
 def _views(x: torch.Tensor, views: str) -> torch.Tensor:
-    """(B, 5, 3, H, W) five crops -> the requested views. Mirroring is the paper's training augmentation."""
+    """(B, 5, 3, H, W) five crops -> the requested views. The mirrors are those of the training crops' random
+    mirroring (data.mirror, ours: the paper names only the corner and centre crops)."""
     if views == "five+mirror":
         return torch.cat([x, x.flip(-1)], dim=1)
     if views == "five":
@@ -123,7 +125,7 @@ def _branch_outputs(model: UnifiedCNNRNN, maps: dict[str, torch.Tensor]) -> tupl
     side = [model.branches[k](maps[tap]) for k, tap in zip(model.branches.keys(), model.taps)]
     main = model.main(maps["pool4"], side)
     logits = [model.branches[k].classifier(v) for k, v in zip(model.branches.keys(), side)]
-    return torch.stack([*side, main], 1).float(), torch.stack([*logits, model.main.classifier(main)], 1).float()
+    return torch.stack([*side, main], 1).float(), torch.stack([*logits, model.main.logits(main)], 1).float()
 
 
 def _load_cache(cache: str | os.PathLike | None, key: dict[str, Any]) -> Features | None:
@@ -144,8 +146,9 @@ def extract_features(model: UnifiedCNNRNN, index_part: DatasetIndex, cfg: Config
                      progress: bool = False) -> Features:
     """Branch features V_1..V_T and branch logits of every image of a split, computed once per view.
 
-    `views`: "five+mirror" (10 per image: the training augmentation of Sec. 4.1, for training heads), "five"
-    (the five test crops, for five-crop evaluation) or "center". With `cache`, the result is written there
+    `views`: "five+mirror" (10 per image: the five crops of Sec. 4.1 and their mirrors, what the CNN stages train
+    on with data.mirror, for training heads), "five" (the five test crops, for five-crop evaluation, and for
+    training heads with data.mirror off) or "center". With `cache`, the result is written there
     atomically and reused on the next call as long as the CNN weights, the images, the views and the crop
     geometry are the same (otherwise it is recomputed and replaced).
     """
@@ -287,7 +290,7 @@ def train_head(variant: str, features: Mapping[str, Features], cfg: Config, *, d
     As the fusion stage of `fit` (Sec. 4.1): RMSprop at `train.fusion_lr` for `train.fusion_epochs`, the loss of
     Eq. 11 (cross-entropy + lambda * ||theta||_2 over the recurrent weights), the same staircase schedule, and
     each epoch shows every training image once, in one of its cached views drawn at random (the random
-    crop + mirror of the CNN stages). The CNN is frozen: that is the difference from the paper. Returns
+    crop, mirrored with data.mirror, of the CNN stages). The CNN is frozen: that is the difference from the paper. Returns
     (head, metrics); the ensemble returns (None, metrics).
     """
     train = features["train"]
@@ -435,8 +438,10 @@ def _check_cfg(cfg: Config, base: Config) -> None:
                           "CNN and its data geometry, so only train.* settings may change")
 
 
-#: which views each split gets: the training split the augmentation's ten, test and val the five evaluated crops
-SPLIT_VIEWS = {"train": "five+mirror", "val": "five", "test": "five"}
+def split_views(cfg: Config) -> dict[str, str]:
+    """Which views each split gets: the training split the crops the CNN stages train on (the five and, with
+    data.mirror, their mirrors), test and val the five evaluated crops."""
+    return {"train": "five+mirror" if cfg.data.mirror else "five", "val": "five", "test": "five"}
 
 
 def shared_features(cnns: Mapping[str, tuple[UnifiedCNNRNN, Path]], parts: Mapping[str, DatasetIndex], cfg: Config,
@@ -448,7 +453,7 @@ def shared_features(cnns: Mapping[str, tuple[UnifiedCNNRNN, Path]], parts: Mappi
         groups.setdefault(_digest(m, ("trunk.",)), []).append(tag)
     for tags in groups.values():
         models = {tag: cnns[tag][0] for tag in tags}
-        for split, views in SPLIT_VIEWS.items():
+        for split, views in split_views(cfg).items():
             if parts[split].samples:
                 caches = {tag: cnns[tag][1] / f"{split}.pt" for tag in tags}
                 for tag, f in extract_shared(models, parts[split], cfg, views, caches, progress=progress).items():
@@ -504,7 +509,8 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
     vcfg = {v: replace(cfg, model=replace(cfg.model, variant=v)) for v in variants}
 
     # 1. the CNNs: the base's for the rows with its taps; for other taps a copy of it that trains only the parts
-    #    the base lacks (the new FC_5, or the new branch 0), so its trunk stays the base's, bit for bit
+    #    the base lacks (the main branch, whose FC_5 is new, and the new branch 0), so its trunk stays the base's,
+    #    bit for bit
     cnns: dict[str, tuple[UnifiedCNNRNN, Path]] = {}
     seconds: dict[str, float] = {}
     for v in todo:
@@ -540,7 +546,7 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
     if todo:
         write_json(out / "sweep.json", {**meta, "variants": list(variants), "profile": cfg.profile,
                                         "trained_now": todo, "feature_seconds": feature_seconds,
-                                        "views": SPLIT_VIEWS})
+                                        "views": split_views(cfg)})
     return df
 
 
@@ -711,7 +717,7 @@ def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.Dat
     return df.round(3)
 
 
-__all__ = ["SWEEP_VARIANTS", "VIEWS", "SPLIT_VIEWS", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
+__all__ = ["SWEEP_VARIANTS", "VIEWS", "split_views", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
            "extract_shared", "cnn_digest", "make_head", "train_head", "evaluate_head", "ensemble_probs", "head_probs",
            "BaseRun", "load_cnn", "shared_features", "run_sweep", "row_label", "compare_claims", "plot_sweep",
            "paper_confusions", "plot_confusions", "top_confusions", "tpr_table"]

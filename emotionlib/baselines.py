@@ -397,7 +397,7 @@ def five_crop_features(fn: Callable[[torch.Tensor], torch.Tensor], loader, devic
 def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config, run, device: torch.device,
                   side: int, epochs: int, progress: bool) -> None:
     """SGD with the profile's lr, momentum and staircase decay (Sec. 4.1), cross-entropy, one random corner or
-    centre crop per image, mirrored at random; one summary.csv row per epoch."""
+    centre crop per image, mirrored at random unless data.mirror is off; one summary.csv row per epoch."""
     from .train import ShuffleBatchSampler, TrainingError, derive_seed, make_loader
 
     t = cfg.train

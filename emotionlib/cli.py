@@ -184,7 +184,8 @@ def _add_small(sub) -> None:
     from .methods import DEFAULT_SMALL_METHODS, SMALL_LAYOUTS, SMALL_METHODS
 
     p = sub.add_parser("small", help="Sec. 4.4: per-class true-positive rate on a small dataset (ArtPhoto, IAPS), "
-                                     "5-fold CV, one against all, a chart like Fig. 7")
+                                     "5-fold CV, one against all (each class's binary rate, chance 0.5; and the "
+                                     "n-way recall, chance 1/n), a chart like Fig. 7")
     p.add_argument("--run", required=True, type=Path, help="a finished run trained on the large dataset")
     p.add_argument("--data", required=True, type=Path, help="the small dataset (see --layout)")
     p.add_argument("--out", required=True, type=Path, help="folder for tpr.csv, metrics.json and the chart")
@@ -202,13 +203,14 @@ def _add_small(sub) -> None:
 
 
 def cmd_small(a) -> int:
-    from .small import run_small
+    from .small import METRICS, run_small
 
     m = run_small(a.run, a.data, a.out, folds=a.folds, layout=a.layout, min_count=a.min_count, seed=a.seed,
                   device=a.device, methods=[s.strip() for s in a.methods.split(",") if s.strip()],
                   alexnet_weights=a.alexnet_weights, resnet_weights=a.resnet_weights)
     print(json.dumps({"out": str(a.out), "classes": m["classes"], "excluded_classes": m["excluded_classes"],
-                      "mean_tpr": {r["label"]: round(r["mean_tpr"], 4) for r in m["methods"].values()}}))
+                      **{f"mean_{k}": {r["label"]: round(r[f"mean_{k}"], 4) for r in m["methods"].values()}
+                         for k in METRICS}}))
     return 0
 
 

@@ -20,6 +20,7 @@ class DataConfig:
     split: tuple[float, float, float] = (0.80, 0.15, 0.05)  # Sec. 4.3: train / test / val
     split_seed: int = 0
     same_fraction: float = 0.5  # (ours) share of same-class pairs for the contrastive loss
+    mirror: bool = True  # (ours) mirror training crops at random; Sec. 4.1 names only the corner and centre crops
     num_workers: int = 8
     cache: bool = False  # keep decoded, resized images in memory (the smoke profile does)
     disk_cache: str = ""  # a folder for decoded, resized images (data.DiskCache: same tensors, no memory); "" = off
@@ -149,6 +150,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.resize={d.resize} must be at least data.crop={d.crop}: the five crops must fit")
     if t.batch_size < 2 or t.batch_size % 2:
         raise ConfigError(f"train.batch_size={t.batch_size}: the contrastive loss needs an even batch of at least one pair")
+    if not isinstance(d.mirror, bool):
+        raise ConfigError(f"data.mirror={d.mirror!r}: use true or false")
     if not 0 <= d.same_fraction <= 1:
         raise ConfigError(f"data.same_fraction={d.same_fraction} must lie in [0, 1]")
     if abs(sum(d.split) - 1) > 1e-6 or min(d.split) < 0:

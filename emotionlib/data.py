@@ -34,7 +34,8 @@ from emotionlib.utils import atomic_path
 MIKELS_EMOTIONS: tuple[str, ...] = (
     "amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness",
 )
-# The trunk is trained from scratch (Sec. 4.1), but ImageNet statistics are the customary normalisation.
+# (ours, README deviations) The trunk is trained from scratch (Sec. 4.1 names no pre-training), but ImageNet
+# statistics are the customary normalisation; the paper gives none.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # PIL's own default for Image.MAX_IMAGE_PIXELS (1024 * 1024 * 1024 // 4 // 3), fixed here so that a
@@ -695,9 +696,10 @@ class EmotionDataset(torch.utils.data.Dataset):
 
     Each image is resized so its shorter side is `resize` (bilinear, antialiased; smaller images are
     upscaled), then cropped to `crop` x `crop` at the four corners and the centre (Sec. 4.1). Training draws
-    one of the five uniformly and mirrors it with p = 0.5 from a generator seeded by (seed, epoch, index),
-    so a sample's crop does not depend on DataLoader workers and a resumed run sees the same crops; call
-    set_epoch each epoch. `cache` keeps each resized uint8 image in memory (per worker process: about
+    one of the five uniformly and, with `mirror` (ours: the paper names only the five crops), mirrors it with
+    p = 0.5, from a generator seeded by (seed, epoch, index), so a sample's crop does not depend on DataLoader
+    workers and a resumed run sees the same crops; call set_epoch each epoch. `mirror=False` draws the same
+    crops, never mirrored. `cache` keeps each resized uint8 image in memory (per worker process: about
     3 * resize * longer side bytes per image, so turn it off for FI at full size with little RAM).
     `disk_cache` (a folder) keeps them on disk instead (DiskCache): the same tensors, without the memory.
     Items are (image, label index, sample index).
@@ -706,7 +708,7 @@ class EmotionDataset(torch.utils.data.Dataset):
     def __init__(self, samples: Sequence[Sample], class_to_idx: dict[str, int], *, resize: int, crop: int,
                  train: bool, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, cache: bool = True,
-                 disk_cache: str | os.PathLike | None = None):
+                 disk_cache: str | os.PathLike | None = None, mirror: bool = True):
         if crop <= 0:
             raise ConfigError(f"crop={crop}: must be a positive number of pixels")
         if resize < crop:
@@ -721,7 +723,7 @@ class EmotionDataset(torch.utils.data.Dataset):
         self.samples = list(samples)
         self.class_to_idx = dict(class_to_idx)
         self.targets = [self.class_to_idx[s.label] for s in self.samples]
-        self.resize, self.crop, self.train = int(resize), int(crop), bool(train)
+        self.resize, self.crop, self.train, self.mirror = int(resize), int(crop), bool(train), bool(mirror)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.seed, self.max_pixels = int(seed), max_pixels
@@ -767,7 +769,8 @@ class EmotionDataset(torch.utils.data.Dataset):
     def choice(self, i: int) -> tuple[int, bool]:
         """The training crop (0-4, FiveCrop order) and mirror flag for sample i in the current epoch."""
         g = np.random.default_rng((self.seed, self.epoch, int(i)))
-        return int(g.integers(5)), bool(g.random() < 0.5)
+        k, flip = int(g.integers(5)), bool(g.random() < 0.5)  # both drawn either way: the crop never depends on mirror
+        return k, flip and self.mirror
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         x = self.resized(i)

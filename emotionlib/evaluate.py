@@ -24,6 +24,25 @@ def per_class_tpr(targets, preds, num_classes: int) -> np.ndarray:
     return np.diag(confusion_matrix(targets, preds, num_classes, normalize=True))
 
 
+def one_against_all_tpr(targets, binary_preds, num_classes: int) -> np.ndarray:
+    """Machajdik & Hanbury's rate per class (Sec. 4.4, "one against all"): class c's own binary classifier
+    ("c or not c?", `binary_preds[:, c]`) scored on its own task, its true-positive rate averaged over the
+    class's positive and negative examples,
+
+        TPR_c = 1/2 (|{i : y_i = c, b_ic}| / |{i : y_i = c}| + |{i : y_i != c, not b_ic}| / |{i : y_i != c}|),
+
+    which is scikit-learn's balanced_accuracy_score of that binary task. Chance is 0.5 for any number of
+    classes. A class with no positive or no negative example gets NaN."""
+    y = np.asarray(targets, dtype=int)
+    b = np.asarray(binary_preds, dtype=bool).reshape(len(y), num_classes)
+    out = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        pos = y == c
+        if pos.any() and (~pos).any():
+            out[c] = (b[pos, c].mean() + (~b[~pos, c]).mean()) / 2
+    return out
+
+
 def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dict:
     preds = probs.argmax(axis=1)
     targets = np.asarray(targets)

@@ -3,7 +3,7 @@
 Trunk (four conv stages) -> branches tapped after each pooling layer (1x1 conv, 128 -> FC -> FC_i) ->
 main branch (concat[FC_1..FC_4, FC] -> FC_5) -> fusion over the sequence V_1..V_5 (Bi-GRU by default, Eq. 6-10).
 Choices the paper leaves open are marked "(ours)" and listed in the README's table of deviations; the
-reconstruction follows ../shared/paper/architecture.md.
+reconstruction, and the reasoning behind each choice, is docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -76,6 +76,10 @@ class ModelConfig:
     branch_dropout: float = 0.5  # (ours) after FC, as in GoogLeNet's auxiliary classifiers
     rnn_hidden: int = 512  # Sec. 4.1: "The Bi-GRU has 512 hidden units"
     dropout: float = 0.5  # Sec. 4.1: dropout on the Bi-GRU output; the rate is ours
+    # (ours: off) Sec. 4.1's three FC layers "of 1,024, 512 and 512 neurons" read as FC, FC_i and FC_5, so the FC
+    # after H is the classifier itself; True reads the third as an FC of 512 (fused_feature) between H and the
+    # classifier (docs/architecture.md)
+    top_fc: bool = False
     rnn_cell: str = "paper"  # "paper": Eq. 6-9 written out; "torch": nn.GRU (reset gate after the product)
 
     @property
@@ -104,6 +108,8 @@ class ModelConfig:
             raise ConfigError(f"branch_order={self.branch_order!r}: use 'conv-pool' or 'pool-conv'")
         if self.rnn_cell not in ("paper", "torch"):
             raise ConfigError(f"rnn_cell={self.rnn_cell!r}: use 'paper' or 'torch'")
+        if not isinstance(self.top_fc, bool):
+            raise ConfigError(f"model.top_fc={self.top_fc!r}: use true or false")
         if not 0 <= self.dropout < 1 or not 0 <= self.branch_dropout < 1:
             raise ConfigError("dropout rates must lie in [0, 1)")
         return self
@@ -196,14 +202,19 @@ class Branch(nn.Module):
 
 class MainBranch(nn.Module):
     """The main branch (Fig. 2): 1x1 conv (128) on pool4 -> FC (1024); then FC_5 over concat[FC_1..FC_k, FC]
-    ("the main branch integrates features from different layers"). Without side branches it is FC -> softmax."""
+    ("the main branch integrates features from different layers"). Without side branches it is FC -> softmax.
+
+    Dropout follows FC, as in the side branches. With side branches it sits between FC and FC_5; without them V
+    is FC itself, so the dropout moves to the classifier's input (`logits`): the contrastive distances of Eq. 3-4
+    are taken before dropout, as for FC_i and FC_5."""
 
     def __init__(self, cin: int, n_side: int, cfg: ModelConfig):
         super().__init__()
         p, c = cfg.branch_pool, cfg.branch_channels
         self.reduce = _reduce(cin, cfg)
+        drop = nn.Dropout(cfg.branch_dropout)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * p * p, cfg.main_fc), nn.ReLU(inplace=True),
-                                nn.Dropout(cfg.branch_dropout))
+                                *([drop] if n_side else []))
         if n_side:
             self.fc_5 = nn.Sequential(nn.Linear(n_side * cfg.branch_feature + cfg.main_fc, cfg.fused_feature),
                                       nn.ReLU(inplace=True))
@@ -211,11 +222,16 @@ class MainBranch(nn.Module):
         else:
             self.fc_5 = nn.Identity()
             out = cfg.main_fc
+        self.drop = nn.Identity() if n_side else drop
         self.classifier = nn.Linear(out, cfg.num_classes)
 
     def forward(self, pool4: torch.Tensor, side: list[torch.Tensor]) -> torch.Tensor:
         fc = self.fc(self.reduce(pool4))
         return self.fc_5(torch.cat([*side, fc], dim=1)) if side else fc
+
+    def logits(self, v: torch.Tensor) -> torch.Tensor:
+        """The main classifier (Eq. 1) on V (after dropout when V is FC itself)."""
+        return self.classifier(self.drop(v))
 
 
 # ----------------------------------------------------------------------------- recurrent fusion (Sec. 3.3)
@@ -301,8 +317,17 @@ class TorchRNN(nn.Module):
         return [p for n, p in self.rnn.named_parameters() if n.startswith("weight")]
 
 
+def _top_fc(width: int, cfg: ModelConfig) -> tuple[nn.Module, int]:
+    """model.top_fc: an FC of fused_feature units (512) and its ReLU between the fused feature and the classifier,
+    or nothing (the default reading); returns it and the classifier's input width."""
+    if not cfg.top_fc:
+        return nn.Identity(), width
+    return nn.Sequential(nn.Linear(width, cfg.fused_feature), nn.ReLU(inplace=True)), cfg.fused_feature
+
+
 class RNNFusion(nn.Module):
-    """Sec. 3.3: a recurrent net over V_1..V_T (low to high level), H -> dropout -> FC -> softmax (Eq. 10)."""
+    """Sec. 3.3: a recurrent net over V_1..V_T (low to high level), H -> dropout -> FC -> softmax (Eq. 10); with
+    model.top_fc, H -> dropout -> FC 512 -> ReLU -> FC -> softmax."""
 
     def __init__(self, kind: str, input_size: int, cfg: ModelConfig):
         super().__init__()
@@ -313,10 +338,15 @@ class RNNFusion(nn.Module):
         else:
             self.rnn = TorchRNN(base, input_size, cfg.rnn_hidden, bidirectional)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(cfg.rnn_hidden * (2 if bidirectional else 1), cfg.num_classes)
+        self.top, width = _top_fc(cfg.rnn_hidden * (2 if bidirectional else 1), cfg)
+        self.fc = nn.Linear(width, cfg.num_classes)
+
+    def features(self, seq: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier `fc`: H (Eq. 10), or the top FC's output with model.top_fc."""
+        return self.top(self.dropout(self.rnn(seq)))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.rnn(seq)))
+        return self.fc(self.features(seq))
 
     def weight_matrices(self) -> list[torch.Tensor]:
         """theta of Eq. 11: the recurrent net's weight matrices (no biases)."""
@@ -337,11 +367,16 @@ class PoolFusion(nn.Module):
         super().__init__()
         self.kind = kind
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(input_size, cfg.num_classes)
+        self.top, width = _top_fc(input_size, cfg)
+        self.fc = nn.Linear(width, cfg.num_classes)
+
+    def features(self, seq: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier `fc`: the pooled V (through the top FC with model.top_fc)."""
+        pooled = seq.amax(dim=1) if self.kind == "max" else seq.mean(dim=1)
+        return self.top(self.dropout(pooled))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        pooled = seq.amax(dim=1) if self.kind == "max" else seq.mean(dim=1)
-        return self.fc(self.dropout(pooled))
+        return self.fc(self.features(seq))
 
     def weight_matrices(self) -> list[torch.Tensor]:
         return []
@@ -389,14 +424,15 @@ class UnifiedCNNRNN(nn.Module):
 
     def cnn_stages(self) -> list[Stage]:
         """Sec. 4.1: "if the first branch training is finished, the second branch training will begin with the
-        first branch fixed, and so on"; the main branch last. A trunk stage is trained together with the first
-        branch that taps it (or with the main branch when no side branch does, as for 4 branches' stage 4)."""
+        first branch fixed, and so on"; the main branch last. One branch per stage, so each stage trains and logs
+        its own head. A trunk stage is trained together with the first branch that taps it (or with the main
+        branch when no side branch does, as for 4 branches' stage 4): with six branches, branch 0 trains trunk
+        stage 1 and branch 1 then trains on it frozen."""
         stages, pending = [], 0
-        for s in range(4):
-            keys = [_branch_key(t) for t in self.taps if tap_stage(t) == s]
-            if keys:
-                stages.append(Stage("+".join(keys), list(range(pending, s + 1)), keys))
-                pending = s + 1
+        for t in self.taps:  # low to high level
+            s = tap_stage(t)
+            stages.append(Stage(_branch_key(t), list(range(pending, s + 1)), [_branch_key(t)]))
+            pending = max(pending, s + 1)
         stages.append(Stage("main", list(range(pending, 4)), ["main"]))
         return stages
 
@@ -425,7 +461,7 @@ class UnifiedCNNRNN(nn.Module):
             out[k] = (v, self.branches[k].classifier(v))
         if need_main:
             v = self.main(maps["pool4"], [out[k][0] for k in self.branches.keys()])
-            out["main"] = (v, self.main.classifier(v))
+            out["main"] = (v, self.main.logits(v))
         return {k: out[k] for k in heads}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The notebook pipeline: `emotionlib reproduce` runs notebooks/NN_*.ipynb in order with papermill.
 
-Netflix's papermill practice (../shared/style.md): a notebook plus its parameters is an immutable input, and its
+Netflix's papermill practice: a notebook plus its parameters is an immutable input, and its
 executed copy in RUN/notebooks/ is the record of what ran. Notebooks pass results to each other only through
 files in the run folder, so a rerun can skip every notebook whose executed copy is complete.
 

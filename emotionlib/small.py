@@ -5,6 +5,15 @@
     -> a new last layer: one binary linear classifier per class, "one against all" (Machajdik & Hanbury 2010)
     -> stratified K-fold cross-validation (K = 5) -> true-positive rate per class, and its mean
 
+Two rates per class, both written (METRICS):
+
+- `ova_tpr`, the default of the table and the chart: Sec. 4.4 adopts "the same 'one against all' strategy" as
+  Machajdik & Hanbury, whose protocol scores each one-against-all classifier on its own binary task ("is it
+  class c?"): the true-positive rate of the class averaged over its positive and negative examples
+  (evaluate.one_against_all_tpr). Chance is 0.5, whatever the number of classes: the scale of Fig. 7 and 8.
+- `recall`, a second, labelled metric: the n-way decision (the class whose classifier scores highest) and the
+  recall of each class, the diagonal of the confusion matrix as Fig. 6 reads FI. Chance is 1 / n.
+
 Every compared method goes through the same folds and gets a new last layer of one binary linear
 classifier per class on its frozen features: the unified CNN-RNN's (the input of its last FC: H of the
 Bi-GRU, Eq. 10) and optionally ResNet-101 pool5 a logistic unit each (the paper fine-tunes their last FC),
@@ -32,7 +41,7 @@ from .baselines import (FEATURE_SIZE, alexnet_fc7, build_network, cnn_input_size
                         handcrafted_matrix, linear_fc, linear_svm, load_weights, resnet_pool5, resolve_weights)
 from .data import DatasetIndex, open_dataset, scan_artphoto, scan_iaps
 from .errors import ConfigError, DataError, RunFolderError
-from .evaluate import confusion_matrix, per_class_tpr
+from .evaluate import confusion_matrix, one_against_all_tpr, per_class_tpr
 from .methods import DEFAULT_SMALL_METHODS, SMALL_LAYOUTS, SMALL_METHODS
 from .utils import atomic_path, read_json, resolve_device, write_json
 
@@ -44,6 +53,10 @@ CLASSIFIERS: dict[str, Callable[[int], Any]] = {"ours": linear_fc, "resnet101": 
                                                 "handcrafted-svm": linear_svm, "alexnet-svm": linear_svm}
 CLASSIFIER_NAMES = {linear_fc: "new last FC: one logistic unit per class (L2, C=1, balanced)",
                     linear_svm: "one linear SVM per class (C=1, balanced)"}
+#: The two per-class rates (the module docstring says which is which and why), in the order tables show them;
+#: metrics.json holds per_class_<key>, mean_<key> and fold_mean_<key> for each, and the folder <key>.csv and
+#: fig7_<key>.png. The first is the default.
+METRICS = ("ova_tpr", "recall")
 PAPER_NOTE = ("The paper reports Sec. 4.4 only as bar charts (Fig. 7 ArtPhoto, Fig. 8 IAPS-subset) without printed "
               "numbers; every number here is this run's.")
 
@@ -109,15 +122,20 @@ def stratified_folds(targets: Sequence[int], folds: int, seed: int = 0) -> np.nd
     return out
 
 
-def cross_validated_predictions(x: np.ndarray, y: np.ndarray, fold: np.ndarray, seed: int = 0,
-                                make_classifier: Callable[[int], Any] = linear_svm) -> np.ndarray:
-    """Each image predicted by the classifier trained on the other folds (scaler included: nothing of a test
-    fold is seen in training)."""
-    pred = np.full(len(y), -1, dtype=int)
+def cross_validated_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, seed: int = 0,
+                           make_classifier: Callable[[int], Any] = linear_svm,
+                           num_classes: int | None = None) -> np.ndarray:
+    """(images, classes): each image's decision value under every class's binary classifier, the classifiers
+    trained on the other folds (scaler included: nothing of a test fold is seen in training); -inf for a class
+    absent from the training folds. A class's binary classifier says "this class" where its value is positive
+    (what a linear classifier's predict does): `scores > 0`; the n-way decision is `scores.argmax(1)`."""
+    n = int(y.max()) + 1 if num_classes is None else num_classes
+    scores = np.full((len(y), n), -np.inf)
     for k in np.unique(fold):
         test = fold == k
-        pred[test] = make_classifier(seed).fit(x[~test], y[~test]).predict(x[test])
-    return pred
+        clf = make_classifier(seed).fit(x[~test], y[~test])
+        scores[np.ix_(test, clf.classes_)] = clf.decision_function(x[test])
+    return scores
 
 
 def _fit_quietly(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, int]:
@@ -133,14 +151,40 @@ def _fit_quietly(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, int]:
     return out, sum(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
-def tpr_summary(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """TPR per class over all test folds together (every image counted once), its mean over the classes, and the
-    mean TPR of each fold alone (to show the spread)."""
+def metric_chance(metric: str, n_classes: int) -> float:
+    """What a classifier that ignores the image scores: 0.5 on each binary task, 1 / n for the n-way recall."""
+    return 0.5 if _metric(metric) == "ova_tpr" else 1 / n_classes
+
+
+def metric_label(metric: str, n_classes: int) -> str:
+    """The name tables, charts and notebooks give a metric (it names its chance level)."""
+    if _metric(metric) == "ova_tpr":
+        return "one-against-all TPR: each class's binary classifier, (TPR + TNR) / 2, chance 0.5"
+    return f"{n_classes}-way recall: the class scored highest, chance 1/{n_classes}"
+
+
+def _metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ConfigError(f"metric={metric!r}: choose one of {', '.join(METRICS)}")
+    return metric
+
+
+def tpr_summary(y: np.ndarray, scores: np.ndarray, fold: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Both rates of METRICS per class over all test folds together (every image counted once), their means over
+    the classes, and each fold's mean alone (to show the spread); the n-way accuracy and confusion matrix.
+    `scores`: cross_validated_scores."""
     n = len(classes)
-    tpr = per_class_tpr(y, pred, n)
-    return {"per_class_tpr": {c: float(t) for c, t in zip(classes, tpr)}, "mean_tpr": float(tpr.mean()),
-            "accuracy": float((pred == y).mean()), "confusion": confusion_matrix(y, pred, n).round(6).tolist(),
-            "fold_mean_tpr": [float(per_class_tpr(y[fold == k], pred[fold == k], n).mean()) for k in np.unique(fold)]}
+    pred, binary = scores.argmax(1), scores > 0
+    rates = {"ova_tpr": lambda m: one_against_all_tpr(y[m], binary[m], n),
+             "recall": lambda m: per_class_tpr(y[m], pred[m], n)}
+    out: dict[str, Any] = {}
+    for metric, rate in rates.items():
+        r = rate(np.ones(len(y), dtype=bool))
+        out[f"per_class_{metric}"] = {c: float(t) for c, t in zip(classes, r)}
+        out[f"mean_{metric}"] = float(r.mean())
+        out[f"fold_mean_{metric}"] = [float(rate(fold == k).mean()) for k in np.unique(fold)]
+    out.update(accuracy=float((pred == y).mean()), confusion=confusion_matrix(y, pred, n).round(6).tolist())
+    return out
 
 
 # ----------------------------------------------------------------------------- features of each method
@@ -148,7 +192,8 @@ def tpr_summary(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, classes: list
 
 def unified_features(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """The input of the model's last FC, which the protocol replaces: H of the RNN (Eq. 10), the pooled V (max,
-    avg), the main branch's V (softmax); for the ensemble, which has no single last FC, all V concatenated."""
+    avg), either through the top FC with model.top_fc; the main branch's V (softmax); for the ensemble, which has
+    no single last FC, all V concatenated."""
     fusion = model.cfg.fusion
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -158,9 +203,7 @@ def unified_features(model) -> Callable[[torch.Tensor], torch.Tensor]:
         seq = torch.stack([feats[k][0] for k in model.feature_keys], dim=1)
         if fusion == "ensemble":
             return seq.flatten(1)
-        if fusion in ("max", "avg"):
-            return seq.amax(1) if fusion == "max" else seq.mean(1)
-        return model.head.rnn(seq)
+        return model.head.features(seq)
 
     return fn
 
@@ -180,8 +223,9 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
               folds: int = 5, layout: str = "artphoto", min_count: int = 10, seed: int = 0, device: str = "auto",
               methods: Sequence[str] = DEFAULT_METHODS, alexnet_weights: str | os.PathLike | None = None,
               resnet_weights: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
-    """Sec. 4.4 on one small dataset; writes out_dir/{config.json, folds.csv, predictions.csv, tpr.csv,
-    metrics.json, fig7_tpr.png, fig7_tpr.pdf} and returns the metrics.
+    """Sec. 4.4 on one small dataset; writes out_dir/{config.json, folds.csv, predictions.csv, metrics.json} and,
+    for each of METRICS, <metric>.csv and the chart fig7_<metric>.png / .pdf (ova_tpr.csv: the one-against-all
+    rate, the default; recall.csv: the n-way recall), and returns the metrics.
 
     A folder that already holds this exact protocol's results returns them (rerunning a notebook is cheap);
     any other non-empty folder is refused. Weights: None = torchvision's cached ImageNet file if present,
@@ -210,10 +254,11 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
     if not model_file.exists():
         raise RunFolderError(f"--run {run} holds no trained model ({model_file} is missing); train it first")
     # resolved paths and the model's hash: the same protocol whichever way the folders are spelt, and a
-    # retrained model is a different protocol
+    # retrained model is a different protocol; so is a folder written before METRICS held both rates
     settings = {"pretrained_run": str(run.resolve()), "pretrained_sha256": _sha256(model_file),
                 "data": str(Path(data_dir).resolve()), "layout": layout, "folds": folds, "min_count": min_count,
-                "seed": seed, "methods": methods, "weights": {m: p["weights"] for m, p in provenance.items()}}
+                "seed": seed, "methods": methods, "weights": {m: p["weights"] for m, p in provenance.items()},
+                "metrics": list(METRICS)}
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):
         saved = read_json(out / "config.json").get("settings", {}) if (out / "config.json").exists() else None
@@ -232,12 +277,12 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
     loader = make_loader(index, classes, cfg, train=False)  # the five crops of the pre-trained run's geometry
 
     results: dict[str, Any] = {}
-    preds: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
     for m in methods:
         if m == "ours":
             x, yy, idx = five_crop_features(unified_features(model), loader, dev, desc="unified CNN-RNN",
                                             progress=progress)
-            info = {"features": "input of the last FC (H for RNN fusions)"}
+            info = {"features": "input of the last FC (H for RNN fusions; the top FC with model.top_fc)"}
         elif m == "handcrafted-svm":
             x, yy, idx = handcrafted_matrix(index, progress=progress), y, np.arange(len(y))
             info = {"features": f"hand-crafted subset, {x.shape[1]} values at {FEATURE_SIZE} px"}
@@ -256,16 +301,19 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
             del net
         x, yy = x[np.argsort(idx)], yy[np.argsort(idx)]  # back to index order (the loader does not shuffle)
         assert (yy == y).all()
-        preds[m], unconverged = _fit_quietly(lambda: cross_validated_predictions(x, y, fold, seed, CLASSIFIERS[m]))
+        scores[m], unconverged = _fit_quietly(
+            lambda: cross_validated_scores(x, y, fold, seed, CLASSIFIERS[m], len(classes)))
         label = method_label(m, cfg.model.variant, provenance.get(m))
         results[m] = {"label": label, "feature_dim": int(x.shape[1]), **info,
                       "classifier": CLASSIFIER_NAMES[CLASSIFIERS[m]], "convergence_warnings": unconverged,
-                      **tpr_summary(y, preds[m], fold, classes)}
+                      **tpr_summary(y, scores[m], fold, classes)}
 
-    table = tpr_table(results, classes)
+    n = len(classes)
     metrics = {"protocol": "Sec. 4.4: frozen features, a new last layer of one binary linear classifier per class "
                            "(one against all), "
-                           f"stratified {folds}-fold cross-validation, true-positive rate per class",
+                           f"stratified {folds}-fold cross-validation, true-positive rate per class: each class's "
+                           "binary classifier on its own task (ova_tpr, the default), and the n-way recall (recall)",
+               "metrics": {k: {"label": metric_label(k, n), "chance": metric_chance(k, n)} for k in METRICS},
                "classes": classes, "counts": index.counts(), "excluded_classes": excluded, "n_images": len(y),
                "folds": folds, "seed": seed, "layout": layout, "data": str(data_dir),
                "pretrained": {"run": str(pretrained_run), "variant": cfg.model.variant, "profile": cfg.profile,
@@ -275,38 +323,60 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
     write_json(out / "config.json", {"settings": settings, "emotionlib": __version__})
     rel = [_relative(s.path, index.root) for s in index.samples]
     _write_csv(out / "folds.csv", pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold}))
+    # per method: the n-way decision, and the classes whose own binary classifier said yes (the rate of Sec. 4.4)
+    decisions = {}
+    for m in methods:
+        decisions[m] = [classes[p] for p in scores[m].argmax(1)]
+        decisions[f"{m}:positive"] = ["|".join(c for c, b in zip(classes, row) if b) for row in scores[m] > 0]
     _write_csv(out / "predictions.csv", pd.DataFrame({"path": rel, "label": [s.label for s in index.samples],
-                                                      "fold": fold, **{m: [classes[p] for p in preds[m]] for m in methods}}))
-    _write_csv(out / "tpr.csv", table.reset_index())
-    fig = plot_tpr(table, title=f"True-positive rate per class, {folds}-fold CV on {Path(data_dir).name} (cf. Fig. 7)")
-    from .figures import save_figure
-
-    save_figure(fig, out / "fig7_tpr")
+                                                      "fold": fold, **decisions}))
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    from .figures import save_figure
+
+    for metric in METRICS:
+        table = tpr_table(results, classes, metric)
+        _write_csv(out / f"{metric}.csv", table.reset_index())
+        fig = plot_tpr(table, title=f"{folds}-fold CV on {Path(data_dir).name} (cf. Fig. 7)", metric=metric)
+        save_figure(fig, out / f"fig7_{metric}")
+        plt.close(fig)
     write_json(out / "metrics.json", metrics)  # last: its presence marks a finished protocol
     return metrics
 
 
-def tpr_table(results: dict[str, Any], classes: list[str]) -> pd.DataFrame:
-    """One row per method (its label), one column per class and `mean` last: the numbers behind Fig. 7 / 8."""
-    rows = {r["label"]: [r["per_class_tpr"][c] for c in classes] + [r["mean_tpr"]] for r in results.values()}
+def tpr_table(results: dict[str, Any], classes: list[str], metric: str = "ova_tpr") -> pd.DataFrame:
+    """One row per method (its label), one column per class and `mean` last, of one of METRICS (default the
+    one-against-all rate): the numbers behind Fig. 7 / 8."""
+    _metric(metric)
+    rows = {r["label"]: [r[f"per_class_{metric}"][c] for c in classes] + [r[f"mean_{metric}"]]
+            for r in results.values()}
     df = pd.DataFrame.from_dict(rows, orient="index", columns=[*classes, "mean"])
     df.index.name = "method"
     return df
 
 
-def load_table(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """tpr.csv of a finished protocol, as tpr_table returns it."""
-    return pd.read_csv(Path(out_dir) / "tpr.csv", index_col="method")
+def load_table(out_dir: str | os.PathLike, metric: str = "ova_tpr") -> pd.DataFrame:
+    """<metric>.csv of a finished protocol, as tpr_table returns it."""
+    return pd.read_csv(Path(out_dir) / f"{_metric(metric)}.csv", index_col="method")
 
 
-def plot_tpr(table: pd.DataFrame, title: str | None = None):
-    """Grouped bars as in Fig. 7: one group per class and the mean as the last group, one colour per method."""
+def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """The mean over the classes of both rates, one row per method, and the chance level of each as the last row:
+    the last group of Fig. 7 on both scales."""
+    n = len(metrics["classes"])
+    cols = {metric_label(k, n).split(":")[0]: [r[f"mean_{k}"] for r in metrics["methods"].values()]
+            + [metric_chance(k, n)] for k in METRICS}
+    return pd.DataFrame(cols, index=pd.Index([r["label"] for r in metrics["methods"].values()] + ["chance"],
+                                             name="mean over the classes"))
+
+
+def plot_tpr(table: pd.DataFrame, title: str | None = None, metric: str = "ova_tpr"):
+    """Grouped bars as in Fig. 7: one group per class and the mean as the last group, one colour per method, and
+    the metric's chance level as a dashed line."""
     import matplotlib.pyplot as plt
 
     groups, m = list(table.columns), len(table)
+    name = metric_label(metric, len(groups) - 1)
     x = np.arange(len(groups), dtype=float)
     x[-1] += 0.5  # a gap sets the mean apart from the classes
     width = 0.8 / m
@@ -314,14 +384,14 @@ def plot_tpr(table: pd.DataFrame, title: str | None = None):
     colours = plt.get_cmap("tab10").colors
     for i, (label, row) in enumerate(table.iterrows()):
         ax.bar(x + (i - (m - 1) / 2) * width, row.to_numpy(dtype=float), width, label=label, color=colours[i % 10])
-    ax.axhline(1 / (len(groups) - 1), color="0.4", ls="--", lw=1, label="chance (1 / classes)")
+    chance = metric_chance(metric, len(groups) - 1)
+    ax.axhline(chance, color="0.4", ls="--", lw=1, label=f"chance ({chance:.3g})")
     ax.set_xticks(x, groups, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.grid(axis="x", visible=False)  # vertical grid lines would run through the groups
-    ax.set_ylabel("true-positive rate")
+    ax.set_ylabel(name.split(":")[0])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    if title:
-        ax.set_title(title, fontsize=10)
+    ax.set_title(name if not title else f"{name}\n{title}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -349,6 +419,7 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-__all__ = ["run_small", "ensure_small_data", "SYNTHETIC_SMALL", "stratified_folds", "exclude_small_classes", "cross_validated_predictions", "tpr_summary",
-           "tpr_table", "load_table", "plot_tpr", "unified_features", "open_small_dataset", "METHODS",
+__all__ = ["run_small", "ensure_small_data", "SYNTHETIC_SMALL", "stratified_folds", "exclude_small_classes",
+           "cross_validated_scores", "tpr_summary", "tpr_table", "load_table", "summary_table", "plot_tpr",
+           "unified_features", "open_small_dataset", "metric_chance", "metric_label", "METRICS", "METHODS",
            "DEFAULT_METHODS", "LAYOUTS", "PAPER_NOTE"]

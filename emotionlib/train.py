@@ -214,9 +214,10 @@ def all_stages(model: UnifiedCNNRNN, cfg: Config | None = None) -> list[Stage]:
 
 def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
                     frozen: set[str] = frozenset()) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
-    """CNN stages: `train.optimizer` (SGD, lr 1e-3 in Sec. 4.1; the smoke profile's Adam is a listed deviation).
-    Fusion: RMSprop for the head, and the CNN's optimiser at `train.finetune_lr` to fine-tune the CNN ("the CNN
-    part will be fine-tuned with a relatively small learning rate"); a variant without a head fine-tunes only."""
+    """CNN stages: `train.optimizer` at `train.lr` (the paper profile: SGD, lr 1e-3, Sec. 4.1; the smoke profile:
+    Adam). Fusion: RMSprop at `train.fusion_lr` for the head (1e-4), and the same `train.optimizer` at
+    `train.finetune_lr` to fine-tune the CNN ("the CNN part will be fine-tuned with a relatively small learning
+    rate"); a variant without a head (softmax, ensemble) only fine-tunes."""
     t = cfg.train
     if stage.name != "fusion":
         mods = [m for name, m in _stage_named_modules(model, stage) if name not in frozen]
@@ -376,7 +377,7 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
     d = cfg.data
     ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
                         resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
-                        cache=d.cache, disk_cache=d.disk_cache or None)
+                        cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
     kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
                               persistent_workers=d.num_workers > 0)
     if batch_sampler is not None:
@@ -556,10 +557,11 @@ def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
                   init_stages: list[str] | None = None) -> set[str]:
     """Start from another run's CNN (a run folder's model.pt, or any of its checkpoint files): copy every tensor
     whose name and shape agree, and freeze the modules copied whole. Returns the names of the modules to keep
-    frozen; a CNN stage none of whose modules needs training is skipped (so a 5-branch fusion variant goes
-    straight to its fusion stage; a module of another shape, such as the main branch of `bigru4`, whose FC_5 reads
-    fewer branches, is trained whole). `init_stages`: copy only the modules of the CNN stages of these names (the
-    stages both runs train identically; experiment.shared_stages), leaving the rest at this run's own draw."""
+    frozen; a CNN stage none of whose modules needs training is skipped. So a 5-branch fusion variant goes straight
+    to its fusion stage, and a module of another shape is trained whole from the copied weights where shapes agree
+    (the main branch of `bigru4`, whose FC_5 reads three side branches). `init_stages`: copy only the modules of the
+    CNN stages of these names (the stages both runs train identically: experiment.shared_stages), leaving the rest
+    at this run's own initial draw."""
     path = base / "checkpoints" / "model.pt" if base.is_dir() else base
     src = load_checkpoint(path)["model"]
     own = model.state_dict()

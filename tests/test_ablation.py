@@ -96,6 +96,12 @@ def test_views_are_the_five_crops_then_their_mirrors(data):
     torch.testing.assert_close(ten.V[:, 7, 4], mirrored)  # view 7 = mirror of view 2 (bottom-left)
 
 
+def test_heads_train_on_the_mirrors_only_where_the_cnn_did():
+    """data.mirror: the sweep's heads see the training views the CNN stages saw (the five crops, mirrored or not)."""
+    assert ablation.split_views(tiny()) == {"train": "five+mirror", "val": "five", "test": "five"}
+    assert ablation.split_views(tiny(**{"data.mirror": False}))["train"] == "five"
+
+
 def test_one_trunk_pass_serves_cnns_that_share_the_trunk(data):
     """bigru4 / bigru6 copy the base trunk: one shared pass gives each model what its own extract() gives."""
     cfg = tiny()

@@ -358,6 +358,34 @@ def test_train_crop_is_one_of_five_maybe_mirrored_and_seeded(tmp_path):
     assert draws(other) != draws(ds)
 
 
+def test_mirror_off_draws_the_same_crops_never_mirrored(tmp_path):
+    """data.mirror=false (Sec. 4.1 names only the corner and centre crops): the same crop as with mirroring, unflipped."""
+    on, off = dataset(tmp_path, train=True, seed=5), dataset(tmp_path / "b", train=True, seed=5, mirror=False)
+    crops = [norm(c) for c in TF.five_crop(on.resized(0), [6, 6])]
+    flipped = 0
+    for epoch in range(30):
+        on.set_epoch(epoch)
+        off.set_epoch(epoch)
+        (k, flip), (k_off, flip_off) = on.choice(0), off.choice(0)
+        assert k_off == k and flip_off is False
+        assert torch.allclose(off[0][0], crops[k])
+        flipped += flip
+    assert flipped > 0  # with mirroring some of the same draws were flipped
+
+
+def test_the_config_switch_reaches_the_training_loader(tmp_path):
+    from emotionlib.config import get_config
+    from emotionlib.data import DatasetIndex
+    from emotionlib.train import make_loader
+
+    part = DatasetIndex(tmp_path, ["awe"], [Sample(write_image(tmp_path / "a.png", size=(12, 12)), "awe")])
+    for mirror in (True, False):
+        cfg = get_config("tiny", **{"data.mirror": mirror})
+        assert make_loader(part, ["awe"], cfg, train=True).dataset.mirror is mirror
+    with pytest.raises(ConfigError, match="data.mirror='no': use true or false"):
+        get_config("tiny", **{"data.mirror": "no"})
+
+
 def test_train_crops_independent_of_workers(tmp_path):
     ds = dataset(tmp_path, train=True, seed=1, cache=False)
     epochs = lambda loader: [torch.cat([x for x, _, _ in (ds.set_epoch(e), loader)[1]]) for e in (2, 9)]  # noqa: E731

@@ -1,4 +1,4 @@
-"""The architecture of Fig. 2 / architecture.md, the paper's GRU cell (Eq. 6-10) and the variants of Table 1."""
+"""The architecture of Fig. 2 / docs/architecture.md, the paper's GRU cell (Eq. 6-10) and the variants of Table 1."""
 import math
 
 import pytest
@@ -123,12 +123,15 @@ def test_unknown_variant_is_a_config_error():
 @pytest.mark.parametrize("variant,expected", [
     ("bigru", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]), ("main", [])]),
     ("bigru4", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("main", [3])]),
-    ("bigru6", [("branch0+branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]), ("main", [])]),
+    # one branch per stage (Sec. 4.1): branch 0 trains with trunk stage 1, branch 1 follows on it frozen
+    ("bigru6", [("branch0", [0]), ("branch1", []), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]),
+                ("main", [])]),
     ("softmax", [("main", [0, 1, 2, 3])]),
 ])
 def test_multi_stage_schedule(variant, expected):
     model = UnifiedCNNRNN(tiny(variant))
     assert [(s.name, s.trunk_stages) for s in model.cnn_stages()] == expected
+    assert all(s.heads == [s.name] for s in model.cnn_stages())  # each stage trains and logs one head
 
 
 def test_extract_runs_the_trunk_only_as_deep_as_needed():
@@ -149,3 +152,38 @@ def test_rnn_cell_choice_and_regularised_weights():
     assert isinstance(paper.head.rnn, PaperGRU) and isinstance(lib.head.rnn, TorchRNN)
     assert len(paper.head.weight_matrices()) == 8 and all(w.dim() == 2 for w in paper.head.weight_matrices())
     assert len(lib.head.weight_matrices()) == 4  # weight_ih, weight_hh for each direction
+
+
+def test_top_fc_puts_an_fc_of_512_between_H_and_the_classifier():
+    """model.top_fc: the other reading of Sec. 4.1's "1,024, 512 and 512 neurons" (docs/architecture.md)."""
+    torch.manual_seed(0)
+    plain = UnifiedCNNRNN(tiny("bigru"))
+    assert not any(k.startswith("head.top") for k in plain.state_dict())  # off by default: the checkpoints of before
+    assert plain.head.fc.in_features == 2 * plain.cfg.rnn_hidden  # the FC after H is the classifier
+    model = UnifiedCNNRNN(tiny("bigru", top_fc=True)).eval()
+    top = model.head.top[0]
+    assert (top.in_features, top.out_features) == (2 * model.cfg.rnn_hidden, model.cfg.fused_feature)
+    assert model.head.fc.in_features == model.cfg.fused_feature
+    seq = torch.randn(3, 5, model.cfg.branch_feature)
+    with torch.no_grad():
+        h = model.head.rnn(seq)
+        torch.testing.assert_close(model.head(seq), model.head.fc(torch.relu(top(h))))
+    assert len(model.head.weight_matrices()) == len(plain.head.weight_matrices())  # Eq. 11's theta: the GRU's alone
+    pooled = UnifiedCNNRNN(tiny("max", top_fc=True)).eval()
+    assert pooled.head.fc.in_features == pooled.cfg.fused_feature and pooled(torch.randn(2, 3, 48, 48)).shape == (2, 8)
+    with pytest.raises(ConfigError, match="model.top_fc='yes'"):
+        tiny("bigru", top_fc="yes")
+
+
+def test_without_branches_the_contrastive_feature_is_taken_before_dropout():
+    """Eq. 3-4 read V = FC of the main branch before its dropout, as for FC_i; the classifier still sees dropout."""
+    torch.manual_seed(0)
+    model = UnifiedCNNRNN(tiny("softmax", branch_dropout=0.5)).train()
+    x = torch.randn(4, 3, 48, 48)
+    (v1, logits1), (v2, logits2) = model.extract(x, ["main"])["main"], model.extract(x, ["main"])["main"]
+    torch.testing.assert_close(v1, v2)  # no dropout on V
+    assert not torch.allclose(logits1, logits2)  # dropout before the classifier
+    assert (v1 > 0).float().mean() > 0.3  # ReLU features, not half of them dropped to zero
+    model.eval()
+    v, logits = model.extract(x, ["main"])["main"]
+    torch.testing.assert_close(logits, model.main.classifier(v))

@@ -50,33 +50,95 @@ def test_folds_are_stratified_and_every_image_is_in_exactly_one_test_fold():
 
 
 class Memoriser:
-    """Predicts the label of a training row it has seen, else -7: a test image it was trained on would show."""
+    """Scores 1 for the label of a training row it has seen, else -1 everywhere: a test image it was trained on
+    would show."""
 
     def fit(self, x, y):
         self.seen = {float(a): int(b) for a, b in zip(x[:, 0], y)}
+        self.classes_ = np.unique(y)
         return self
 
-    def predict(self, x):
-        return np.array([self.seen.get(float(a), -7) for a in x[:, 0]])
+    def decision_function(self, x):
+        return np.array([[1.0 if self.seen.get(float(a)) == c else -1.0 for c in self.classes_] for a in x[:, 0]])
 
 
 def test_no_test_image_is_seen_in_training():
     y = np.repeat([0, 1], 10)
     x = np.arange(20, dtype=float)[:, None]  # every image unique
-    pred = S.cross_validated_predictions(x, y, S.stratified_folds(y, 5), make_classifier=lambda seed: Memoriser())
-    assert (pred == -7).all()
+    scores = S.cross_validated_scores(x, y, S.stratified_folds(y, 5), make_classifier=lambda seed: Memoriser())
+    assert scores.shape == (20, 2) and (scores == -1).all()
 
 
-def test_true_positive_rate_per_class_by_hand():
-    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
-    pred = np.array([0, 1, 0, 1, 1, 0, 2, 1, 2])
-    fold = np.array([0, 1, 2, 0, 1, 0, 1, 2, 0])
-    s = S.tpr_summary(y, pred, fold, ["a", "b", "c"])
-    assert s["per_class_tpr"] == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 2 / 4})
-    assert s["mean_tpr"] == pytest.approx((2 / 3 + 1 + 0.5) / 3) and s["accuracy"] == pytest.approx(6 / 9)
+# A toy problem: 3 classes, 9 images. Each class's binary classifier says yes where its score is positive; the
+# n-way decision is the highest score. Image 4 (class b) is claimed by no classifier, image 6 (class c) by two.
+TOY_Y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+TOY_SCORES = np.array([[2.0, -1, -1], [-1, 0.5, -2], [1, -1, 0.5], [-1, 1, -1], [-3, -0.5, -1],
+                       [1, -1, -2], [-1, 0.5, 2], [-2, 1, -1], [-1, -1, 1]])
+TOY_FOLD = np.array([0, 1, 2, 0, 1, 0, 1, 2, 0])
+
+
+def test_one_against_all_rate_by_hand_and_as_balanced_accuracy_per_class():
+    """Sec. 4.4's rate (Machajdik & Hanbury): each class's own binary task, TPR and TNR averaged; chance 0.5."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from emotionlib.evaluate import one_against_all_tpr
+
+    binary = TOY_SCORES > 0
+    # a: positives 0,1,2 -> yes, no, yes (2/3); negatives 3..8 -> 5 of 6 say no (image 5 says yes): (2/3 + 5/6) / 2
+    # b: positives 3,4 -> yes, no (1/2); negatives -> images 1, 6, 7 say yes, 4 of 7 say no: (1/2 + 4/7) / 2
+    # c: positives 5..8 -> no, yes, no, yes (2/4); negatives -> image 2 says yes, 4 of 5 say no: (1/2 + 4/5) / 2
+    by_hand = [(2 / 3 + 5 / 6) / 2, (1 / 2 + 4 / 7) / 2, (1 / 2 + 4 / 5) / 2]
+    rate = one_against_all_tpr(TOY_Y, binary, 3)
+    np.testing.assert_allclose(rate, by_hand)
+    np.testing.assert_allclose(rate, [balanced_accuracy_score(TOY_Y == c, binary[:, c]) for c in range(3)])
+    # a classifier that ignores the image scores 0.5 on its task, whatever it answers and however many classes
+    for constant in (True, False):
+        np.testing.assert_allclose(one_against_all_tpr(TOY_Y, np.full((9, 3), constant), 3), 0.5)
+
+
+def test_both_rates_per_class_by_hand():
+    s = S.tpr_summary(TOY_Y, TOY_SCORES, TOY_FOLD, ["a", "b", "c"])
+    assert s["per_class_ova_tpr"] == pytest.approx({"a": (2 / 3 + 5 / 6) / 2, "b": (1 / 2 + 4 / 7) / 2,
+                                                    "c": (1 / 2 + 4 / 5) / 2})
+    # the n-way decisions (highest score): a b a | b b | a c b c
+    assert s["per_class_recall"] == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 2 / 4})
+    assert s["mean_recall"] == pytest.approx((2 / 3 + 1 + 0.5) / 3) and s["accuracy"] == pytest.approx(6 / 9)
+    assert s["mean_ova_tpr"] == pytest.approx(np.mean(list(s["per_class_ova_tpr"].values())))
     assert s["confusion"][2] == pytest.approx([0.25, 0.25, 0.5])
-    # fold 0 holds y 0,1,2,2 predicted 0,1,0,2: TPR 1, 1, 1/2
-    assert s["fold_mean_tpr"][0] == pytest.approx((1 + 1 + 0.5) / 3)
+    # fold 0 holds y 0,1,2,2 decided 0,1,0,2: recall 1, 1, 1/2
+    assert s["fold_mean_recall"][0] == pytest.approx((1 + 1 + 0.5) / 3)
+    # fold 0, binary: a says yes to 0 and 5 -> (1 + 2/3) / 2; b yes to 3 only -> 1; c yes to 8 only -> (1/2 + 1) / 2
+    assert s["fold_mean_ova_tpr"][0] == pytest.approx(((1 + 2 / 3) / 2 + 1 + 3 / 4) / 3)
+
+
+def test_binary_decisions_are_each_classifiers_own_predict():
+    """`scores > 0` is what each one-against-all classifier's predict says (logistic units and linear SVMs)."""
+    from emotionlib.baselines import linear_fc, linear_svm
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 5)), np.repeat([0, 1, 2], 20)
+    for make in (linear_fc, linear_svm):
+        clf = make(0).fit(x, y)
+        own = np.column_stack([e.predict(clf[:-1].transform(x)) for e in clf[-1].estimators_]).astype(bool)
+        assert (own == (clf.decision_function(x) > 0)).all()
+
+
+def test_each_metric_is_labelled_with_its_chance():
+    assert S.METRICS[0] == "ova_tpr"  # the default of the table and the chart
+    assert S.metric_chance("ova_tpr", 8) == 0.5 and S.metric_chance("recall", 8) == 1 / 8
+    assert "chance 0.5" in S.metric_label("ova_tpr", 8) and "8-way" in S.metric_label("recall", 8)
+    assert "chance 1/7" in S.metric_label("recall", 7)
+    with pytest.raises(ConfigError, match="metric='accuracy'"):
+        S.load_table(".", "accuracy")
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame([[0.6] * 8], index=pd.Index(["ours"], name="method"), columns=[*"abcdefg", "mean"])
+    for metric, chance in (("ova_tpr", 0.5), ("recall", 1 / 7)):  # the chart's dashed line is its metric's chance
+        fig = S.plot_tpr(table, metric=metric)
+        ax = fig.axes[0]
+        assert [tuple(line.get_ydata()) for line in ax.lines] == [(chance, chance)]
+        assert ax.get_title().startswith(S.metric_label(metric, 7))
+        plt.close(fig)
 
 
 def test_classes_below_the_minimum_are_left_out_with_a_warning_naming_them(tmp_path):
@@ -123,6 +185,21 @@ def test_our_features_are_the_input_of_the_last_fc(pretrained):
     assert h.shape == (3, 2 * cfg.model.rnn_hidden)
 
 
+def test_with_a_top_fc_our_features_are_its_output():
+    """model.top_fc: the last FC reads the top FC's 512 (here fused_feature) outputs, not H."""
+    import torch
+
+    from emotionlib.model import UnifiedCNNRNN
+
+    cfg = get_config("tiny", **{"model.top_fc": True})
+    model = UnifiedCNNRNN(cfg.model).eval()
+    x = torch.randn(2, 3, cfg.data.crop, cfg.data.crop)
+    with torch.no_grad():
+        h = S.unified_features(model)(x)
+        torch.testing.assert_close(model.head.fc(h), model(x))
+    assert h.shape == (2, cfg.model.fused_feature)
+
+
 # ----------------------------------------------------------------------------- the whole protocol
 
 
@@ -143,16 +220,27 @@ def test_protocol_end_to_end(pretrained, small_data, tmp_path, monkeypatch):
     for k in range(5):  # 5 images per class, 5 folds: one of each class in every test fold
         assert sorted(r["label"] for r in folds if r["fold"] == str(k)) == sorted(kept)
     assert [m["methods"][k]["feature_dim"] for k in S.DEFAULT_METHODS] == [32, 46, 4096]  # Bi-GRU H: 2 x 16
-    table = pd.read_csv(out / "tpr.csv", index_col="method")
-    assert list(table.columns) == [*kept, "mean"] and len(table) == 3
-    assert "AlexNet fc7 (random init)" in table.index and m["methods"]["alexnet-svm"]["pretrained"] is False
-    np.testing.assert_allclose(table["mean"], table[kept].mean(axis=1))
+    tables = {k: S.load_table(out, k) for k in S.METRICS}
+    for table in tables.values():
+        assert list(table.columns) == [*kept, "mean"] and len(table) == 3
+        np.testing.assert_allclose(table["mean"], table[kept].mean(axis=1))
+    assert "AlexNet fc7 (random init)" in tables["ova_tpr"].index and m["methods"]["alexnet-svm"]["pretrained"] is False
+    assert m["metrics"]["ova_tpr"]["chance"] == 0.5 and m["metrics"]["recall"]["chance"] == 1 / 7
     preds = _rows(out / "predictions.csv")
-    for key, r in m["methods"].items():  # the table is the TPR of the cross-validated predictions
+    for key, r in m["methods"].items():  # each table is its rate of the cross-validated decisions
         for c in kept:
+            positive = [c in p[f"{key}:positive"].split("|") for p in preds if p["label"] == c]
+            negative = [c not in p[f"{key}:positive"].split("|") for p in preds if p["label"] != c]
+            ova = (np.mean(positive) + np.mean(negative)) / 2
+            assert tables["ova_tpr"].loc[r["label"], c] == pytest.approx(ova) == pytest.approx(r["per_class_ova_tpr"][c])
             hits = [p[key] == c for p in preds if p["label"] == c]
-            assert table.loc[r["label"], c] == pytest.approx(np.mean(hits)) == pytest.approx(r["per_class_tpr"][c])
-    assert (out / "fig7_tpr.png").stat().st_size > 0 and (out / "fig7_tpr.pdf").exists()
+            assert tables["recall"].loc[r["label"], c] == pytest.approx(np.mean(hits)) \
+                == pytest.approx(r["per_class_recall"][c])
+    summary = S.summary_table(m)
+    assert list(summary.index) == [*tables["ova_tpr"].index, "chance"]
+    assert list(summary.loc["chance"]) == [0.5, 1 / 7]
+    for k in S.METRICS:
+        assert (out / f"fig7_{k}.png").stat().st_size > 0 and (out / f"fig7_{k}.pdf").exists()
     assert "without printed numbers" in m["paper_note"] and "Fig. 7" in m["paper_note"]
     # rerunning into the finished folder returns its results without computing anything
     monkeypatch.setattr(S, "five_crop_features", lambda *a, **k: pytest.fail("recomputed"))

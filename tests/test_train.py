@@ -208,11 +208,25 @@ def test_init_from_trains_only_what_the_base_lacks(tiny_data, base_run, tmp_path
     fit(tiny_cfg(**{"model.variant": "bigru6", "train.finetune_lr": 0.0}), tiny_data, tmp_path / "six",
         split_csv=base / "split.csv", progress=False, init_from=base / "checkpoints/stage-main.pt")
     stages = [r["stage"] for r in read_summary(tmp_path / "six/summary.csv")]
-    assert stages == ["branch0+branch1", "main", "fusion"]
+    assert stages == ["branch0", "main", "fusion"]  # branch 1 is the base's, frozen: only branch 0 trains and logs
     six = load_checkpoint(tmp_path / "six/checkpoints/model.pt")["model"]
     for k in src:
         if k.startswith(("trunk.", "branches.branch1.", "branches.branch4.")):
             assert torch.equal(src[k], six[k]), k  # copied and frozen
+
+
+def test_six_branches_train_branch_0_and_branch_1_one_stage_each(tiny_data, tmp_path):
+    """Sec. 4.1's one branch per stage: branch 0 trains with trunk stage 1, then branch 1 on it frozen; each stage
+    logs its own head."""
+    run = tmp_path / "six"
+    fit(tiny_cfg(**{"model.variant": "bigru6"}), tiny_data, run, progress=False, until="branch1")
+    assert [r["stage"] for r in read_summary(run / "summary.csv")] == ["branch0", "branch1"]
+    first = load_checkpoint(run / "checkpoints/stage-branch0.pt")["model"]
+    second = load_checkpoint(run / "checkpoints/stage-branch1.pt")["model"]
+    for k in first:
+        if k.startswith(("trunk.stages.0.", "branches.branch0.")):
+            assert torch.equal(first[k], second[k]), k  # fixed while branch 1 trains (batch-norm statistics too)
+    assert not torch.equal(first["branches.branch1.fc_i.0.weight"], second["branches.branch1.fc_i.0.weight"])
 
 
 def test_one_pass_evaluation_equals_one_pass_per_head(base_run):
