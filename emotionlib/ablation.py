@@ -39,7 +39,7 @@ from .experiment import CLAIMS, row_label
 from .losses import fusion_loss
 from .model import RNN_FUSIONS, PoolFusion, RNNFusion, UnifiedCNNRNN, parse_variant
 from .paper import CLASSES as PAPER_CLASSES
-from .paper import FIG6_MLDRNET, FIG6_OURS, TABLE1_ROW, TABLE1_VARIANTS
+from .paper import FIG6_MLDRNET, FIG6_OURS, TABLE1_VARIANTS
 from .train import derive_seed, load_checkpoint, load_model_state, make_loader, save_checkpoint
 from .utils import autocast, progress_bar, read_json, resolve_device, write_json
 

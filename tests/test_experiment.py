@@ -182,3 +182,17 @@ def test_branch_accuracies_at_their_own_stage_and_after_fusion(protocol):
 def test_bad_seed_count_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="seeds=0"):
         experiment.run_protocol(tmp_path, tmp_path / "run", get_config("tiny"), seeds=0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds 0: give at least 1"),
+    (["--set", "train.lr"], "--set 'train.lr': use SECTION.NAME=VALUE"),
+    (["--variants", "bigruu"], "unknown variant 'bigruu'"),
+])
+def test_table1_command_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, message):
+    from emotionlib import cli
+
+    assert cli.main(["table1", "--out", str(tmp_path / "run"), "--profile", "tiny", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emotionlib table1: error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
