@@ -240,9 +240,9 @@ def test_claims_put_the_papers_comparison_beside_this_runs():
     c = ablation.compare_claims(df).set_index("comparison")
     assert list(c.index) == ["ensemble vs softmax", "bigru vs ensemble", "bigru vs gru", "bigru vs max"]
     assert c.loc["ensemble vs softmax", "paper_FI_diff"] == round(66.78 - 59.61, 2)
-    assert c.loc["ensemble vs softmax", "this_run_diff"] == 10.0 and c.loc["ensemble vs softmax", "holds_here"]
-    assert c.loc["bigru vs gru", "this_run_diff"] == 0.0 and not c.loc["bigru vs gru", "holds_here"]  # a tie
-    assert np.isnan(c.loc["bigru vs max", "paper_FI_diff"]) and not c.loc["bigru vs max", "holds_here"]
+    assert c.loc["ensemble vs softmax", "this_run_diff"] == 10.0 and c.loc["ensemble vs softmax", "higher_here"]
+    assert c.loc["bigru vs gru", "this_run_diff"] == 0.0 and not c.loc["bigru vs gru", "higher_here"]  # a tie
+    assert np.isnan(c.loc["bigru vs max", "paper_FI_diff"]) and not c.loc["bigru vs max", "higher_here"]
 
 
 def test_sweep_is_idempotent(sweep, base_run, monkeypatch):
