@@ -25,10 +25,15 @@ def test_paper_geometry_and_size():
     assert maps["pool1"].shape == (1, 128, 45, 45) and maps["pool4"].shape == (1, 512, 4, 4)
 
 
-def test_smoke_profile_keeps_the_paper_geometry():
+def test_smoke_profile_keeps_the_four_pooling_levels():
+    """64-px crops (README, Profiles): 60 after conv1 5x5/1, then pools of 29/14/6/2; the paper's 375 px: 45/22/10/4.
+    The branches pool every map to 2x2 in smoke, so none is smaller than its branch's pool."""
     cfg = get_config("smoke")
     sizes = feature_map_sizes(cfg.model, cfg.data.crop)
-    assert [sizes[f"pool{i}"] for i in range(1, 5)] == [45, 22, 10, 4]
+    assert [sizes[f"pool{i}"] for i in range(1, 5)] == [29, 14, 6, 2]
+    assert min(sizes[f"pool{i}"] for i in range(1, 5)) >= cfg.model.branch_pool
+    paper = get_config("paper")
+    assert [feature_map_sizes(paper.model, paper.data.crop)[f"pool{i}"] for i in range(1, 5)] == [45, 22, 10, 4]
 
 
 def test_receptive_fields_by_hand():
