@@ -277,24 +277,53 @@ def _one(col):
     return vals[0] if len(vals) == 1 else "/".join(map(str, vals))
 
 
-def compare(runs, claims=CLAIMS, confidence: float = CONFIDENCE, margin: float = EQUIVALENCE_MARGIN):
+def compare(runs, claims=CLAIMS, confidence: float = CONFIDENCE, margin: float = EQUIVALENCE_MARGIN,
+            run_dir: str | os.PathLike | None = None):
     """claims.csv: for each comparison of Sec. 4.3 whose two rows were trained, the per-seed paired difference of
-    test accuracy a - b (points), its mean, t-interval and verdict, beside the paper's FI difference."""
+    test accuracy a - b (points), its mean, 95 % interval and verdict, beside the paper's FI difference.
+
+    The interval is a t-interval over seeds (t with seeds - 1 degrees of freedom). Given `run_dir` (the rows'
+    predictions.csv), its standard error also holds the sampling error of the one test split every seed shares,
+    which the seeds' spread cannot show: se^2 = sd^2 / n + mean over seeds of the paired (McNemar) variance of the
+    difference on that split, ((b + c) / N - ((b - c) / N)^2) / N for b, c images right in one row only. So three
+    seeds that differ by exactly the same two images do not make a zero-width interval."""
     import pandas as pd
 
     acc = runs.pivot_table(index="seed", columns="variant", values="test_acc")
+    folders = runs.set_index(["variant", "seed"])["folder"] if run_dir is not None and "folder" in runs else None
     out = []
     for a, b, what, kind in claims:
         if a not in acc or b not in acc:
             continue
         d = (acc[a] - acc[b]).dropna()
         mean, sd, low, high = mean_interval(d, confidence)
+        test_var = math.nan
+        if folders is not None and len(d):
+            test_var = float(np.mean([_paired_variance(Path(run_dir) / folders[(a, k)], Path(run_dir) / folders[(b, k)])
+                                      for k in d.index]))
+            if len(d) > 1:
+                half = t_quantile(confidence, len(d) - 1) * math.sqrt(sd ** 2 / len(d) + test_var)
+                low, high = mean - half, mean + half
         pa, pb = TABLE1_VARIANTS.get(a), TABLE1_VARIANTS.get(b)
         out.append({"comparison": f"{a} vs {b}", "claim": what, "kind": kind, "n_seeds": len(d),
                     "per_seed": " ".join(f"{x:+.1f}" for x in d), "mean_diff": round(mean, 2), "std": round(sd, 2),
+                    "test_se": round(math.sqrt(test_var), 2) if not math.isnan(test_var) else math.nan,
                     "ci_low": round(low, 2), "ci_high": round(high, 2), "verdict": verdict(low, high, kind, margin),
                     "paper_FI_diff": round(pa - pb, 2) if pa is not None and pb is not None else math.nan})
     return pd.DataFrame(out)
+
+
+def _paired_variance(run_a: Path, run_b: Path) -> float:
+    """The sampling variance (points^2) of the accuracy difference of two runs scored on the same test images."""
+    import pandas as pd
+
+    ca = pd.read_csv(run_a / "predictions.csv").set_index("path")["correct"]
+    cb = pd.read_csv(run_b / "predictions.csv").set_index("path")["correct"].reindex(ca.index)
+    if cb.isna().any():
+        raise ConfigError(f"{run_a} and {run_b} were not scored on the same test images")
+    n = len(ca)
+    only_a, only_b = float(((ca == 1) & (cb == 0)).sum()), float(((ca == 0) & (cb == 1)).sum())
+    return 100 ** 2 * ((only_a + only_b) / n - ((only_a - only_b) / n) ** 2) / n
 
 
 def run_table1(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, *, seeds: int = 3,
@@ -304,7 +333,7 @@ def run_table1(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: Con
     from .figures import save_table
 
     runs = run_protocol(data_dir, run_dir, cfg, seeds=seeds, seed=seed, variants=variants, progress=progress, log=log)
-    table, claims = summarise(runs, cfg=cfg), compare(runs)
+    table, claims = summarise(runs, cfg=cfg), compare(runs, run_dir=run_dir)
     save_table(table, Path(run_dir) / "table1" / "table1.csv", index=False)
     save_table(claims, Path(run_dir) / "table1" / "claims.csv", index=False)
     return runs, table, claims

@@ -196,3 +196,24 @@ def test_table1_command_refuses_bad_arguments_in_one_line(tmp_path, capsys, args
     err = capsys.readouterr().err.strip()
     assert err.startswith("emotionlib table1: error: ") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_shared_test_split_widens_the_interval(tmp_path):
+    """Three seeds that differ by exactly the same 2 of 10 images: sd 0, but not a zero-width interval."""
+    truth = [1] * 10
+    rows = []
+    for k in range(3):
+        for v, correct in (("gru", [1] * 8 + [0, 0]), ("lstm", [1] * 6 + [0] * 4)):
+            folder = tmp_path / f"seed-{k}" / v
+            folder.mkdir(parents=True)
+            pd.DataFrame({"path": [f"img{i}.jpg" for i in range(10)], "correct": correct}).to_csv(
+                folder / "predictions.csv", index=False)
+            rows.append({"variant": v, "seed": k, "test_acc": 10.0 * sum(correct), "folder": f"seed-{k}/{v}"})
+    runs = pd.DataFrame(rows)
+    plain = experiment.compare(runs).set_index("comparison").loc["gru vs lstm"]
+    assert plain["std"] == 0 and (plain.ci_low, plain.ci_high) == (20.0, 20.0) and plain.verdict == "holds"
+    shared = experiment.compare(runs, run_dir=tmp_path).set_index("comparison").loc["gru vs lstm"]
+    # b = 2 images right in gru only, c = 0, N = 10: ((2/10) - (2/10)^2) / 10 = 0.016 -> se 12.65 points
+    assert shared.test_se == pytest.approx(100 * math.sqrt(0.016), abs=0.01)
+    assert shared.ci_low == pytest.approx(20 - T975_2 * 100 * math.sqrt(0.016), abs=0.02)
+    assert shared.verdict == "undecided" and len(truth) == 10
