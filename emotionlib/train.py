@@ -247,7 +247,7 @@ def stage_epochs(stage: Stage, cfg: Config) -> int:
     5-branch model, so the `softmax` row of Table 1 sees as many epochs as the others)."""
     if stage.name == "fusion":
         return cfg.train.fusion_epochs
-    if stage.name == "main" and not stage.trunk_stages == [] and cfg.model.n_branches == 0:
+    if cfg.model.n_branches == 0:  # its one CNN stage, the main branch on the whole trunk
         return cfg.train.stage_epochs * cfg.train.softmax_stages
     return cfg.train.stage_epochs
 
