@@ -255,8 +255,8 @@ def plot_table1(table, runs, run_label: str, chance: float | None = None, ceilin
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"test accuracy (%): mean, 95 % interval and each of {int(table['n_seeds'].max())} seeds")
     ax.set_title(run_label, fontsize=10)
-    if chance is not None or ceiling is not None:
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    if chance is not None or ceiling is not None:  # below the axis: inside it would cover the last rows' seeds
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize=8, frameon=False)
     paper = table["paper_FI_acc"].astype(float)
     has = paper.notna().to_numpy()
     axp.scatter(paper[has], y[has], marker="D", color="k", zorder=3)
