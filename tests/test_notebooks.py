@@ -125,8 +125,6 @@ def test_checked_cells_print_no_timing():
 def test_the_printed_optimiser_is_the_configurations():
     """Notebook 03 names the CNN's fine-tuning optimiser from the configuration (the smoke profile's Adam, the
     paper's SGD), never from prose: its committed output must agree with the profile it ran."""
-    from emotionlib.config import get_config
-
     nb = load(NOTEBOOKS / "03_fusion.ipynb")
     profile = runner.declared_parameters(NOTEBOOKS / "03_fusion.ipynb")["profile"].strip('"')
     printed = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
