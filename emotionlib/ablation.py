@@ -679,15 +679,16 @@ def plot_confusions(confusion, classes: Sequence[str], run_label: str):
 
     panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
     panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
-    fig, axes = plt.subplots(1, 4, figsize=(19, 6.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
+    # 12.5 inches: a notebook shows it near its own size, so the 8-point numbers stay readable
+    fig, axes = plt.subplots(1, 4, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
     for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
-        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
+        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8},
                     square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
                     yticklabels=names, ax=ax)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true" if i == 0 else "")
-        ax.tick_params(axis="x", labelrotation=60)
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     return fig
 
@@ -717,7 +718,28 @@ def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.Dat
     return df.round(3)
 
 
+def cue_errors(confusion, classes: Sequence[str], factors: Mapping[str, Mapping[str, str]] | None = None) -> pd.Series:
+    """For data whose classes are combinations of cues (the built-in data: synth.CLASS_FACTORS), the share of a
+    model's errors that get each cue wrong: the off-diagonal mass of the row-normalised confusion, each row
+    weighted equally, whose predicted class differs from the true one in that cue. A cue the model reads well
+    is rarely wrong in its errors; an error can get several cues wrong, so the shares need not sum to one."""
+    from .synth import CLASS_FACTORS
+
+    factors = CLASS_FACTORS if factors is None else factors
+    cm = np.array(confusion, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    np.fill_diagonal(cm, 0)
+    total = cm.sum()
+    cues = list(next(iter(factors.values())))
+    out = {}
+    for cue in cues:
+        differs = np.array([[factors[a][cue] != factors[b][cue] for b in classes] for a in classes])
+        out[cue] = float((cm * differs).sum() / total) if total > 0 else float("nan")
+    return pd.Series(out, name="share of errors with this cue wrong")
+
+
 __all__ = ["SWEEP_VARIANTS", "VIEWS", "split_views", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
            "extract_shared", "cnn_digest", "make_head", "train_head", "evaluate_head", "ensemble_probs", "head_probs",
            "BaseRun", "load_cnn", "shared_features", "run_sweep", "row_label", "compare_claims", "plot_sweep",
-           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table"]
+           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table", "cue_errors"]

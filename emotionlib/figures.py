@@ -184,7 +184,7 @@ def plot_accuracy(ours: dict[str, float], reference: dict[str, float] | None = N
     return fig
 
 
-def plot_changes(changes, title: str = "largest |change| of any weight in the stage"):
+def plot_changes(changes, title: str = "largest |change| of any parameter or batch-norm statistic in the stage"):
     """Heat map of stage_changes(): rows are training stages, columns modules; an exact 0 (frozen) shows white."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -302,3 +302,24 @@ def plot_claims(claims, run_label: str):
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=5, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def plot_confusion(confusion, classes, title: str, ax=None):
+    """One row-normalised confusion matrix (rows true, columns predicted) on the 0-1 scale of Fig. 6."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    cm = np.array(confusion, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 4.6))
+    sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8}, square=True,
+                xticklabels=list(classes), yticklabels=list(classes), ax=ax)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    ax.figure.tight_layout()
+    return ax.figure

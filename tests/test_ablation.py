@@ -340,3 +340,14 @@ def test_top_confusions_are_the_largest_off_diagonal_entries():
     top = ablation.top_confusions(FIG6_OURS, ["amusement", "anger", "awe", "contentment", "disgust", "excitement",
                                               "fear", "sadness"], k=2)
     assert top == [("excitement", "amusement", 0.17), ("fear", "sadness", 0.14)]
+
+
+def test_cue_errors_count_the_cues_an_error_gets_wrong():
+    from emotionlib.synth import CLASSES
+
+    cm = np.eye(8) * 8
+    cm[0, 0], cm[0, 1] = 6, 2   # amusement -> anger: same colour and texture, shape wrong
+    cm[4, 4], cm[4, 0] = 6, 2   # disgust -> amusement: colour wrong only
+    shares = ablation.cue_errors(cm, CLASSES)
+    assert shares.to_dict() == pytest.approx({"colour": 0.5, "texture": 0.0, "shape": 0.5})
+    assert np.isnan(ablation.cue_errors(np.eye(8), CLASSES)["colour"])  # no errors, no shares

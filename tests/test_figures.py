@@ -1,0 +1,30 @@
+"""Plots of emotionlib.figures: what they draw, checked on the figure's own artists."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+
+from emotionlib import figures  # noqa: E402
+
+
+def test_plot_confusion_normalises_the_rows():
+    cm = np.array([[3, 1], [0, 2]])
+    fig = figures.plot_confusion(cm, ["a", "b"], "t")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["0.75", "0.25", "0.00", "1.00"]
+    assert fig.axes[0].get_title() == "t"
+
+
+def test_plot_table1_keeps_the_legend_off_the_rows():
+    import pandas as pd
+
+    table = pd.DataFrame({"variant": ["bigru", "max"], "table1_row": ["CNN+5 Branches+Bi-GRU", "x (not in Table 1)"],
+                          "mean": [80.0, 79.0], "ci_low": [70.0, 75.0], "ci_high": [90.0, 83.0], "n_seeds": [3, 3],
+                          "paper_FI_acc": [73.03, float("nan")]})
+    runs = pd.DataFrame({"variant": ["bigru"] * 3 + ["max"] * 3, "test_acc": [75.0, 80.0, 85.0, 77.0, 79.0, 81.0]})
+    fig = figures.plot_table1(table, runs, "run", chance=12.5, ceiling=87.5)
+    legend = fig.axes[0].get_legend()
+    fig.canvas.draw()
+    box, axbox = legend.get_window_extent(), fig.axes[0].get_window_extent()
+    assert box.y1 <= axbox.y0  # below the axis, not over the last rows' seeds
