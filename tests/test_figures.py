@@ -28,3 +28,20 @@ def test_plot_table1_keeps_the_legend_off_the_rows():
     fig.canvas.draw()
     box, axbox = legend.get_window_extent(), fig.axes[0].get_window_extent()
     assert box.y1 <= axbox.y0  # below the axis, not over the last rows' seeds
+
+
+def test_plot_architecture_follows_the_profile():
+    from emotionlib.config import get_config
+
+    def texts(profile):
+        fig = figures.plot_architecture(get_config(profile))
+        return " | ".join(t.get_text() for t in fig.axes[0].texts)
+
+    smoke, paper = texts("smoke"), texts("paper")
+    cfg_s, cfg_p = get_config("smoke"), get_config("paper")
+    assert f"1x1 conv {cfg_s.model.branch_channels}" in smoke and f"1x1 conv {cfg_p.model.branch_channels}" in paper
+    assert f"3 x {cfg_s.data.crop} x {cfg_s.data.crop}" in smoke and f"3 x {cfg_p.data.crop} x {cfg_p.data.crop}" in paper
+    assert "concat(FC_1..FC_4, FC)" in smoke and "Bi-GRU over V_1..V_5" in smoke
+    four = " | ".join(t.get_text() for t in figures.plot_architecture(
+        get_config("smoke", **{"model.variant": "bigru4"})).axes[0].texts)
+    assert "concat(FC_1..FC_3, FC)" in four and "V_1..V_4" in four
