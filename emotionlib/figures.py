@@ -423,3 +423,22 @@ def plot_architecture(cfg):
                   fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_counts_beside(counts: dict, reference: dict, title: str, reference_title: str):
+    """Images per class of this data and of a reference (e.g. FI's published counts), each in its own labelled
+    panel with its own axis: the two are never drawn on one scale. The share of each class is printed on its bar."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for ax, values, name, colour in ((axes[0], counts, title, "C0"), (axes[1], reference, reference_title, "0.45")):
+        names, n = list(values), [values[k] for k in values]
+        bars = ax.bar(names, n, color=colour)
+        total = sum(n)
+        ax.bar_label(bars, labels=[f"{100 * v / total:.0f} %" for v in n], fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("images")
+        ax.margins(y=0.15)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    fig.tight_layout()
+    return fig

@@ -45,3 +45,16 @@ def test_plot_architecture_follows_the_profile():
     four = " | ".join(t.get_text() for t in figures.plot_architecture(
         get_config("smoke", **{"model.variant": "bigru4"})).axes[0].texts)
     assert "concat(FC_1..FC_3, FC)" in four and "V_1..V_4" in four
+
+
+def test_plot_counts_beside_keeps_each_source_on_its_own_axis():
+    from emotionlib import paper
+
+    ours = {c: 200 for c in paper.FI_CLASS_COUNTS}
+    fig = figures.plot_counts_beside(ours, paper.FI_CLASS_COUNTS, "this data", "FI (published counts)")
+    a, b = fig.axes
+    assert a.get_title() == "this data" and b.get_title() == "FI (published counts)"
+    assert a.get_ylim()[1] < 300 < b.get_ylim()[1]  # separate scales
+    assert sum(paper.FI_CLASS_COUNTS.values()) == 23308
+    shares = [t.get_text() for t in b.texts]
+    assert shares[1] == "5 %" and shares[6] == "4 %"  # anger and fear: the rare classes
