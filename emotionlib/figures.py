@@ -442,3 +442,31 @@ def plot_counts_beside(counts: dict, reference: dict, title: str, reference_titl
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     return fig
+
+
+def plot_boxes_on_image(image, boxes: dict, title: str = "", size: float = 4.2):
+    """Nested boxes (label -> (left, top, right, bottom), right and bottom exclusive) drawn on one image, e.g. the
+    receptive fields of pool1-pool4 at one unit. A box that reaches every border is dashed: it was clipped there."""
+    import matplotlib.patheffects as pe
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(size, size + 0.35 * len(boxes)))
+    ax.imshow(image, interpolation="nearest", extent=(0, w, h, 0))
+    for k, (label, (left, top, right, bottom)) in enumerate(boxes.items()):
+        clipped = (left, top, right, bottom) == (0, 0, w, h)
+        # inset by a fraction of a pixel per box so that boxes clipped at the same border stay visible
+        inset = 0.4 * k
+        ax.add_patch(Rectangle((left + inset, top + inset), right - left - 2 * inset, bottom - top - 2 * inset,
+                               fill=False, lw=2, ls="--" if clipped else "-", color=f"C{k}", label=label,
+                               path_effects=[pe.withStroke(linewidth=3.5, foreground="white")]))  # any image
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=1, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

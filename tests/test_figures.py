@@ -58,3 +58,15 @@ def test_plot_counts_beside_keeps_each_source_on_its_own_axis():
     assert sum(paper.FI_CLASS_COUNTS.values()) == 23308
     shares = [t.get_text() for t in b.texts]
     assert shares[1] == "5 %" and shares[6] == "4 %"  # anger and fear: the rare classes
+
+
+def test_plot_boxes_on_image_draws_each_box_and_dashes_the_clipped_one():
+    image = np.zeros((64, 64, 3), np.uint8)
+    boxes = {"pool1": (30, 30, 36, 36), "pool2": (20, 20, 46, 46), "pool4": (0, 0, 64, 64)}
+    fig = figures.plot_boxes_on_image(image, boxes, "t")
+    ax = fig.axes[0]
+    drawn = {p.get_label(): p for p in ax.patches}
+    assert list(drawn) == list(boxes)
+    assert drawn["pool1"].get_width() == 6 and drawn["pool1"].get_xy() == (30, 30)
+    assert drawn["pool4"].get_linestyle() == "--" and drawn["pool2"].get_linestyle() == "-"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(boxes)
