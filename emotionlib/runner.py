@@ -228,8 +228,8 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
             bar.write(f"{src.name}: running ({why})", file=sys.stderr)
             bar.set_postfix_str(src.name)
             try:
-                pm.execute_notebook(src, dst, parameters=each[src], kernel_name=kernel, cwd=str(cwd), engine_name=engine,
-                                    progress_bar=False, overall_bar=bar)
+                pm.execute_notebook(src, dst, parameters=each[src], kernel_name=kernel, cwd=str(cwd),
+                                    engine_name=engine, progress_bar=False, overall_bar=bar)
             except pm.PapermillExecutionError as e:
                 evalue = (str(e.evalue).strip().splitlines() or [""])[0][:200]
                 raise NotebookError(f"{src.name} failed in cell {e.exec_count} ({e.ename}: {evalue}); the traceback "

@@ -70,8 +70,8 @@ def test_notebook_paths_refuses_an_empty_folder(tmp_path):
 def test_declared_parameters_reads_the_parameters_cell(tmp_path):
     p = write_nb(tmp_path / "01_a.ipynb", "x = 1", params=PARAMS_SRC + '\nlimit: int = 3\na = b = 2  # chained')
     assert runner.declared_parameters(p) == {"profile": '"smoke"', "data_dir": '"../data"', "run_dir": '"../run"',
-                                             "device": '"auto"', "seed": "0", "seeds": "3", "overrides": "{}", "limit": "3",
-                                             "a": "2", "b": "2"}
+                                             "device": '"auto"', "seed": "0", "seeds": "3", "overrides": "{}",
+                                             "limit": "3", "a": "2", "b": "2"}
 
 
 @pytest.mark.parametrize("n", [0, 2])
