@@ -269,6 +269,19 @@ def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = Fals
     return path
 
 
+def _check_types(cfg, overrides: dict[str, Any]) -> None:
+    """A number or true/false where the configuration has one: validation compares values and would fail with a
+    TypeError deep inside on --set train.lr=abc."""
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        default = getattr(getattr(cfg, section, None), name, None)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"--set {key}={value!r}: give true or false")
+        elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"--set {key}={value!r}: give a number (the profile's is {default})")
+
+
 def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               kernel: str = DEFAULT_KERNEL, force: bool = False, device: str = "auto", seed: int = 0,
               extra: dict[str, Any] | None = None, notebooks: str | os.PathLike = NOTEBOOKS,
@@ -290,6 +303,7 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     if run.exists() and not run.is_dir():
         raise RunFolderError(f"--out {run} is a file, not a folder")
     overrides = dict(overrides or {})
+    _check_types(get_config(profile), overrides)
     try:  # the configuration's own validation, before anything runs
         get_config(profile, **overrides)
     except ConfigError as e:
