@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import EmotionLibError
+from .threads import add_argument as add_threads_argument
 
 
 def _add_synth(sub) -> None:
@@ -90,6 +91,7 @@ def _add_train(sub) -> None:
                    help="any configuration field, e.g. --set train.lr=0.01 (repeatable)")
     p.add_argument("--weights", default=None, help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
                                                     "cached file if present, else random init; 'none': random init)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -154,6 +156,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", type=Path, default=None, help="evaluate on all images of this dataset instead")
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -169,6 +172,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -199,6 +203,7 @@ def _add_small(sub) -> None:
                    help=f"comma-separated, from {','.join(SMALL_METHODS)} (default {','.join(DEFAULT_SMALL_METHODS)})")
     p.add_argument("--alexnet-weights", default=None, help="ImageNet AlexNet state dict ('none': random init)")
     p.add_argument("--resnet-weights", default=None, help="ImageNet ResNet-101 state dict ('none': random init)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_small)
 
 
@@ -226,6 +231,7 @@ def _add_table1(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
                    help="any configuration field, e.g. --set train.fusion_epochs=5 (repeatable)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_table1)
 
 
@@ -283,8 +289,16 @@ def main(argv: list[str] | None = None) -> int:
         add(sub)
     for extra in _extensions():
         extra(sub)
+    # the passive OpenMP wait policy, before anything imports torch (emotionlib.threads)
+    from .threads import prepare_environment
+
+    prepare_environment()
     a = parser.parse_args(argv)
     try:
+        if hasattr(a, "threads"):  # checked and applied before anything is written or trained
+            from .threads import set_threads
+
+            set_threads(a.threads)
         return a.func(a)
     except EmotionLibError as e:
         print(f"emotionlib {a.command}: error: {e}", file=sys.stderr)

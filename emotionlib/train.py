@@ -29,6 +29,7 @@ from .errors import CheckpointError, ConfigError, EmotionLibError, RunFolderErro
 from .evaluate import predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
 from .model import Stage, UnifiedCNNRNN
+from .threads import current_threads, worker_init
 from .utils import atomic_path, autocast, progress_bar, read_json, resolve_device, write_json, write_text
 
 
@@ -379,7 +380,8 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
                         resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
                         cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
     kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=d.num_workers > 0)
+                              persistent_workers=d.num_workers > 0,
+                              worker_init_fn=worker_init if d.num_workers > 0 else None)
     if batch_sampler is not None:
         return DataLoader(ds, batch_sampler=batch_sampler, **kw)
     return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)
@@ -436,7 +438,11 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
                                            "variant": cfg.model.variant, "profile": cfg.profile,
                                            "torch": torch.__version__, "init_from": str(init_from) if init_from else None,
                                            "init_stages": init_stages,
-                                           "world_size": world_size})
+                                           "world_size": world_size, "threads": [current_threads()]})
+    elif not run.complete:  # resumed: each start's thread count, so that runs are compared knowingly
+        meta = read_json(run.path / "run.json")
+        meta["threads"] = meta.get("threads", []) + [current_threads()]
+        write_json(run.path / "run.json", meta)
     if init_from is None:  # a resumed run keeps the base it started from
         meta = read_json(run.path / "run.json")
         init_from, init_stages = meta.get("init_from"), meta.get("init_stages")
