@@ -710,9 +710,9 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
 
 # ----------------------------------------------------------------------------- 5. a machine that is not idle
 
-#: thread policies compared side by side: today's (PyTorch's default threads, OpenMP's active wait) and the
-#: library's settings (emotionlib.threads: the passive wait policy, then "cores" or "auto")
-THREAD_POLICIES = ("today", "cores", "auto")
+#: thread policies compared side by side: today's (PyTorch's default threads, OpenMP's default spin), the
+#: library's default ("cores" with a short spin), "cores" with the passive wait policy, and "auto" (passive)
+THREAD_POLICIES = ("today", "cores", "cores-passive", "auto")
 
 
 def _busy() -> None:  # a CPU-bound background process (one core's worth)
@@ -740,7 +740,7 @@ def _threads_child(work: str, task: str, setting: str, repeats: str = "1") -> No
     if setting != "today":
         from .threads import set_threads
 
-        set_threads(setting)
+        set_threads(setting.split("-")[0])
     work_ = Path(work)
     cfg = get_config("smoke", **json.loads((work_ / "overrides.json").read_text()))
     runs = []
@@ -770,11 +770,13 @@ def _threads_task(work_: Path, task: str, cfg) -> None:
 
 
 def _policy_env(policy: str) -> dict[str, str]:
-    from .threads import ENV, WAIT_POLICY
+    from .threads import _OPENMP_KEYS, ENV, prepare_environment
 
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", ENV, *WAIT_POLICY)}
-    if policy != "today":
-        env.update(WAIT_POLICY)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", ENV, *_OPENMP_KEYS)}
+    if policy == "cores-passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif policy != "today":
+        prepare_environment(env, policy)
     return env
 
 
@@ -798,7 +800,7 @@ def bench_threads(work: Path, quick: bool, policies: tuple[str, ...] = THREAD_PO
     cores = usable_cores()
     loads = (0, 1) if quick else (0, 1, 2)
     tasks = ("fit",) if quick else ("fit", "features")
-    policies = tuple(p for p in policies if not quick or p != "auto")
+    policies = tuple(p for p in policies if not quick or p in ("today", "cores"))
     rows = []
     for k in loads:
         bg = [mp.get_context("spawn").Process(target=_busy, daemon=True) for _ in range(k)]

@@ -289,16 +289,17 @@ def main(argv: list[str] | None = None) -> int:
         add(sub)
     for extra in _extensions():
         extra(sub)
-    # the passive OpenMP wait policy, before anything imports torch (emotionlib.threads)
-    from .threads import prepare_environment
-
-    prepare_environment()
     a = parser.parse_args(argv)
     try:
-        if hasattr(a, "threads"):  # checked and applied before anything is written or trained
-            from .threads import set_threads
+        # the OpenMP wait policy before anything imports torch, then the thread count: checked and applied before
+        # anything is written or trained (emotionlib.threads)
+        from .threads import parse_threads, prepare_environment, set_threads
 
-            set_threads(a.threads)
+        setting = getattr(a, "threads", None)
+        setting = None if setting is None else parse_threads(setting)
+        prepare_environment(setting=setting)
+        if hasattr(a, "threads"):
+            set_threads(setting)
         return a.func(a)
     except EmotionLibError as e:
         print(f"emotionlib {a.command}: error: {e}", file=sys.stderr)

@@ -290,7 +290,7 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     ensure_data(data_path, progress=progress)
     # the kernels inherit this environment: the wait policy before their torch loads OpenMP, and the setting for
     # library code that runs before (or without) the notebook's own set_threads(threads)
-    prepare_environment()
+    prepare_environment(setting=params["threads"])
     os.environ[ENV] = str(params["threads"])
     run_notebooks(paths, run / "notebooks", params, kernel=kernel, force=force, cwd=Path(notebooks),
                   progress=progress)

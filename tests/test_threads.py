@@ -74,10 +74,12 @@ def test_default_is_the_usable_cores_unless_omp_num_threads_is_set(monkeypatch):
     assert threads.set_threads()["intra_op"] == 1
 
 
-def test_prepare_environment_keeps_a_users_wait_policy():
-    env = threads.prepare_environment({"OMP_WAIT_POLICY": "ACTIVE"})
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "0"}
-    assert threads.prepare_environment({})["OMP_WAIT_POLICY"] == "PASSIVE"
+def test_prepare_environment_chooses_the_wait_policy_and_keeps_a_users():
+    assert threads.prepare_environment({}) == {"GOMP_SPINCOUNT": "10000"}  # the default: a short spin
+    assert threads.prepare_environment({}, "auto")["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert threads.prepare_environment({threads.ENV: "auto"})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert threads.prepare_environment({}, 2) == {"GOMP_SPINCOUNT": "10000"}
+    assert threads.prepare_environment({"OMP_WAIT_POLICY": "ACTIVE"}, "auto") == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
 def test_one_thread_restores_the_count():
