@@ -47,7 +47,7 @@ def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dic
     preds = probs.argmax(axis=1)
     targets = np.asarray(targets)
     n = len(classes)
-    tpr = per_class_tpr(targets, preds, n)
+    tpr = per_class_tpr(targets, preds, n).copy()  # np.diag's view is read-only
     # mean TPR over the classes the data holds: an absent class has no rate (NaN, null in JSON), not 0
     present = [i for i in range(n) if (targets == i).any()]
     tpr[[i for i in range(n) if i not in present]] = np.nan
