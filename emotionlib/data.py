@@ -357,7 +357,7 @@ def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequ
                             + ("" if Path(rel).is_absolute() else f"; paths are relative to {base}"))
         key = p.resolve()  # as the file system sees it: `a/../a/x.jpg`, an absolute path and a symlink are one file
         if key in seen:  # the same image twice could put it in train and test at once
-            raise DataError(f"{csv_path}: line {n} ({rel}) lists the same file as line {seen[key][0]} "
+            raise DataError(f"{csv_path}: line {n} repeats {rel}: the same file as line {seen[key][0]} "
                             f"({seen[key][1]}); list each image once")
         seen[key] = (n, rel)
         out.append((p, label, split))
