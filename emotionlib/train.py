@@ -712,17 +712,16 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu") -> tupl
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is not a finished model of emotionlib")
     try:
-        cfg = Config.from_dict(ckpt["config"])
-        validate(cfg)
+        cfg = Config.from_dict(ckpt["config"])  # not validate(): its device may be one this machine lacks
     except (EmotionLibError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path} holds an unusable configuration ({e})") from None
-    classes = ckpt["classes"]
+    model = UnifiedCNNRNN(cfg.model)
+    load_model_state(model, ckpt["model"], path)
+    classes = ckpt["classes"]  # one distinct name per output of the classifier, or predictions name the wrong class
     if (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)
             or len(set(classes)) != len(classes) or len(classes) != cfg.model.num_classes):
         raise CheckpointError(f"checkpoint {path} lists {len(classes) if isinstance(classes, (list, tuple)) else '?'} "
                               f"class name(s) for a model of {cfg.model.num_classes} classes")
-    model = UnifiedCNNRNN(cfg.model)
-    load_model_state(model, ckpt["model"], path)
     return model.to(device).eval(), cfg, list(classes)
 
 
