@@ -219,3 +219,13 @@ def test_reproduce_passes_threads_to_the_kernels(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="^--threads 'abc'"):
         runner.reproduce("tiny", None, tmp_path / "run2", KERNEL, notebooks=tmp_path / "nbs", progress=False,
                          threads="abc")
+
+
+def test_stage_lines_print_one_line_per_stage(tmp_path):
+    (tmp_path / "summary.csv").write_text(
+        "stage,epoch,lr,train_loss,train_acc,seconds,val_acc\n"
+        "branch1,1,0.1,2.0,0.2,1.0,nan\nbranch1,2,0.1,1.5,0.4,1.0,0.35\nfusion,1,0.01,1.0,0.6,1.0,0.5\n")
+    assert runner.stage_lines(tmp_path) == [
+        " branch1: 2 epochs, train loss 1.500, train acc 40.0 %, val acc 35.0 %",
+        "  fusion: 1 epochs, train loss 1.000, train acc 60.0 %, val acc 50.0 %"]
+    assert runner.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
