@@ -12,6 +12,10 @@
    contiguous against channels-last against torch.compile. On CUDA the same in bf16 against a bf16 matmul.
 4. inference: one image with five-crop averaging (median, 95th percentile), batch throughput, and the cold start
    of `emotionlib predict` against a bare `python -c "import torch"`.
+5. a machine that is not idle: a short smoke `fit` and the sweep's feature extraction beside 0, 1, 2 busy
+   processes, for today's thread policy and emotionlib.threads' settings, each against the fair share.
+
+`emotionlib bench --device cuda` instead measures the paper's profile in bf16 on a GPU (bench_gpu).
 
 The machine these run on is shared: absolute times are this machine at this moment; the ratios, measured side by
 side, are the claims. CPU seconds (process time) are reported beside wall seconds where contention distorts wall
