@@ -21,7 +21,6 @@ import hashlib
 import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,6 +41,7 @@ from .model import RNN_FUSIONS, PoolFusion, RNNFusion, UnifiedCNNRNN, parse_vari
 from .paper import CLASSES as PAPER_CLASSES
 from .paper import FIG6_MLDRNET, FIG6_OURS, TABLE1_VARIANTS
 from .train import derive_seed, load_checkpoint, load_model_state, make_loader, save_checkpoint
+from .threads import one_thread
 from .utils import autocast, progress_bar, read_json, resolve_device, write_json
 
 #: Every row of Table 1 this project trains, plus the max / avg aggregation Sec. 1 contrasts with.
@@ -234,19 +234,10 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
 # ----------------------------------------------------------------------------- heads on cached features
 
 
-@contextmanager
 def _one_thread(device: torch.device):
     """A head's matrices are tiny: on a CPU, intra-op threads only add synchronisation, which on a shared machine
     made head training 25x slower (92 s instead of 3.4 s for the smoke GRU). One thread while inside."""
-    if device.type != "cpu":
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return one_thread(device)
 
 
 def make_head(variant: str, input_size: int, cfg: Config) -> torch.nn.Module | None:

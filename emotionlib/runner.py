@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, DataError, EmotionLibError, RunFolderError
+from .threads import set_threads  # noqa: F401  the notebooks' thread parameter (torch imported on use)
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 BUILTIN_DATA = REPO / "data" / "synthetic"
 DEFAULT_KERNEL = "emotionlib"
 #: What `reproduce` passes to every notebook; each must declare all of them in its `parameters` cell.
-PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed", "seeds", "overrides")
+PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed", "seeds", "threads", "overrides")
 #: Notebook 07's small dataset (Sec. 4.4): `reproduce` passes these only to the notebooks that declare them.
 SMALL_PARAMETERS = ("small_data_dir", "layout", "folds")
 _NAME = re.compile(r"\d\d_[A-Za-z0-9_-]+\.ipynb")
@@ -285,13 +286,16 @@ def _check_types(cfg, overrides: dict[str, Any]) -> None:
 def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               kernel: str = DEFAULT_KERNEL, force: bool = False, device: str = "auto", seed: int = 0,
               extra: dict[str, Any] | None = None, notebooks: str | os.PathLike = NOTEBOOKS,
-              progress: bool = True, seeds: int = 3, overrides: dict[str, Any] | None = None,
-              small_data: str | os.PathLike | None = None, layout: str | None = None,
-              folds: int | None = None) -> Path:
+              progress: bool = True, seeds: int = 3, threads: int | str | None = None,
+              overrides: dict[str, Any] | None = None, small_data: str | os.PathLike | None = None,
+              layout: str | None = None, folds: int | None = None) -> Path:
     """Run every notebook on `data` with `profile` into the run folder `out` (default runs/<profile>); Table 1's
-    protocol and the probes use the seeds seed .. seed + seeds - 1 (emotionlib.experiment). `overrides` (dotted
-    configuration keys) reach every notebook's configuration; `small_data`, `layout`, `folds` notebook 07's."""
+    protocol and the probes use the seeds seed .. seed + seeds - 1 (emotionlib.experiment); `threads` is the
+    kernels' intra-op thread setting (emotionlib.threads: a number, "cores" or "auto"; None: $EMOTIONLIB_THREADS,
+    else "cores"). `overrides` (dotted configuration keys) reach every notebook's configuration; `small_data`,
+    `layout`, `folds` notebook 07's."""
     from .config import PROFILES, get_config
+    from .threads import DEFAULT, ENV, parse_threads, prepare_environment
 
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
@@ -315,13 +319,20 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
         raise ConfigError(f"--data {data_path} is not the built-in data: give notebook 07's small dataset with "
                           "--small-data DIR (and --layout artphoto or iaps)")
     # absolute paths: the kernels run in the notebooks folder, not where the command was typed
+    threads = (parse_threads(os.environ.get(ENV, DEFAULT), ENV) if threads is None else
+               parse_threads(threads, "--threads"))
     params = {"profile": profile, "data_dir": str(data_path.resolve()), "run_dir": str(run.resolve()),
-              "device": device, "seed": seed, "seeds": seeds, "overrides": overrides, **(extra or {})}
+              "device": device, "seed": seed, "seeds": seeds, "threads": threads, "overrides": overrides,
+              **(extra or {})}
     local = {k: v for k, v in (("small_data_dir", None if small_data is None else str(Path(small_data).resolve())),
                                ("layout", layout), ("folds", folds)) if v is not None}
     check_kernel(kernel)
     check_parameters(paths, params)  # before the data is generated: nothing runs on a bad command line
     ensure_data(data_path, progress=progress)
+    # the kernels inherit this environment: the wait policy before their torch loads OpenMP, and the setting for
+    # library code that runs before (or without) the notebook's own set_threads(threads)
+    prepare_environment(setting=params["threads"])
+    os.environ[ENV] = str(params["threads"])
     run_notebooks(paths, run / "notebooks", params, kernel=kernel, force=force, cwd=Path(notebooks),
                   progress=progress, local=local)
     return run
@@ -600,6 +611,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of Table 1's protocol and the probes (default 3)")
+    p.add_argument("--threads", default=None, metavar="N|cores|auto",
+                   help="the notebook kernels' CPU threads (emotionlib.threads): a number, 'cores' (default) or "
+                        "'auto' (from the load; not reproducible across loads)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="a dotted configuration key for every notebook, e.g. --set train.stage_epochs=2 (repeatable)")
     p.add_argument("--small-data", type=Path, default=None, help="notebook 07's small dataset (Sec. 4.4; default: "
@@ -622,15 +636,16 @@ def add_parser(sub) -> None:
 def cmd_reproduce(a) -> int:
     extra = dict(_parse_param(t) for t in a.param)
     options = {"profile": "--profile", "data_dir": "--data", "run_dir": "--out", "device": "--device", "seed": "--seed",
-               "seeds": "--seeds", "overrides": "--set", "small_data_dir": "--small-data", "layout": "--layout",
-               "folds": "--folds"}
+               "seeds": "--seeds", "threads": "--threads", "overrides": "--set", "small_data_dir": "--small-data",
+               "layout": "--layout", "folds": "--folds"}
     clash = sorted(set(extra) & set(options))
     if clash:
         raise ConfigError(f"--param {clash[0]}: use the option {options[clash[0]]} instead")
     start = time.perf_counter()
     overrides = dict(_parse_param(t, "--set", "train.stage_epochs=2") for t in a.overrides)
     run = reproduce(a.profile, a.data, a.out, a.kernel, a.force, a.device, a.seed, extra, a.notebooks,
-                    seeds=a.seeds, overrides=overrides, small_data=a.small_data, layout=a.layout, folds=a.folds)
+                    seeds=a.seeds, threads=a.threads, overrides=overrides, small_data=a.small_data, layout=a.layout,
+                    folds=a.folds)
     print(f"pipeline finished in {time.perf_counter() - start:.0f} s: executed notebooks in {_show(run / 'notebooks')}, "
           f"figures in {_show(run / 'figures')}, tables in {_show(run / 'tables')}")
     return 0
@@ -645,4 +660,5 @@ def cmd_notebooks(a) -> int:
 
 __all__ = ["reproduce", "run_notebooks", "refresh_notebooks", "notebook_paths", "declared_parameters",
            "check_parameters", "executed_copy_state", "ensure_data", "pipeline_config", "branch_accuracy",
-           "stage_changes", "paper_cell_as_torch", "data_description", "open_stage_model", "NotebookError"]
+           "stage_changes", "paper_cell_as_torch", "data_description", "open_stage_model", "NotebookError",
+           "set_threads"]
