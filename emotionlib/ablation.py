@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,6 +41,7 @@ from .model import RNN_FUSIONS, PoolFusion, RNNFusion, UnifiedCNNRNN, parse_vari
 from .paper import CLASSES as PAPER_CLASSES
 from .paper import FIG6_MLDRNET, FIG6_OURS, TABLE1_VARIANTS
 from .train import derive_seed, load_checkpoint, load_model_state, make_loader, save_checkpoint
+from .threads import one_thread
 from .utils import autocast, progress_bar, read_json, resolve_device, write_json
 
 #: Every row of Table 1 this project trains, plus the max / avg aggregation Sec. 1 contrasts with.
@@ -233,19 +234,10 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
 # ----------------------------------------------------------------------------- heads on cached features
 
 
-@contextmanager
 def _one_thread(device: torch.device):
     """A head's matrices are tiny: on a CPU, intra-op threads only add synchronisation, which on a shared machine
     made head training 25x slower (92 s instead of 3.4 s for the smoke GRU). One thread while inside."""
-    if device.type != "cpu":
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return one_thread(device)
 
 
 def make_head(variant: str, input_size: int, cfg: Config) -> torch.nn.Module | None:
@@ -679,15 +671,16 @@ def plot_confusions(confusion, classes: Sequence[str], run_label: str):
 
     panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
     panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
-    fig, axes = plt.subplots(1, 4, figsize=(19, 6.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
+    # 12.5 inches: a notebook shows it near its own size, so the 8-point numbers stay readable
+    fig, axes = plt.subplots(1, 4, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
     for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
-        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
+        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8},
                     square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
                     yticklabels=names, ax=ax)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true" if i == 0 else "")
-        ax.tick_params(axis="x", labelrotation=60)
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     return fig
 
@@ -717,7 +710,84 @@ def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.Dat
     return df.round(3)
 
 
+def cue_errors(confusion, classes: Sequence[str], factors: Mapping[str, Mapping[str, str]] | None = None) -> pd.Series:
+    """For data whose classes are combinations of cues (the built-in data: synth.CLASS_FACTORS), the share of a
+    model's errors that get each cue wrong: the off-diagonal mass of the row-normalised confusion, each row
+    weighted equally, whose predicted class differs from the true one in that cue. A cue the model reads well
+    is rarely wrong in its errors; an error can get several cues wrong, so the shares need not sum to one."""
+    from .synth import CLASS_FACTORS
+
+    factors = CLASS_FACTORS if factors is None else factors
+    cm = np.array(confusion, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    np.fill_diagonal(cm, 0)
+    total = cm.sum()
+    cues = list(next(iter(factors.values())))
+    out = {}
+    for cue in cues:
+        differs = np.array([[factors[a][cue] != factors[b][cue] for b in classes] for a in classes])
+        out[cue] = float((cm * differs).sum() / total) if total > 0 else float("nan")
+    return pd.Series(out, name="share of errors with this cue wrong")
+
+
+# ----------------------------------------------------------------------------- inside the trained Bi-GRU (Sec. 3.3)
+
+
+def _head_accuracy(head, V: torch.Tensor, targets: torch.Tensor) -> float:
+    n, views, t, d = V.shape
+    with torch.no_grad():
+        probs = F.softmax(head(V.reshape(n * views, t, d)).float(), dim=1).reshape(n, views, -1).mean(1)
+    return 100 * float((probs.argmax(1) == targets).float().mean())
+
+
+def zeroed_steps(model: UnifiedCNNRNN, feats: Features) -> pd.DataFrame:
+    """The accuracy (%) of a trained recurrent head with each V_t of the sequence set to zero at test time (the
+    CNN and the head unchanged, class probabilities averaged over the views): how much the fusion depends on
+    each level. The first row zeroes nothing."""
+    if model.cfg.fusion in ("softmax", "ensemble"):
+        raise ConfigError(f"variant {model.cfg.variant!r} has no fusion head over V_1..V_T")
+    head = model.head.eval()
+    V = feats.V.float()
+    rows = [{"zeroed": "none", "test accuracy (%)": _head_accuracy(head, V, feats.targets)}]
+    for t, key in enumerate(feats.keys):
+        masked = V.clone()
+        masked[:, :, t] = 0
+        rows.append({"zeroed": f"V_{t + 1} ({key})", "test accuracy (%)": _head_accuracy(head, masked, feats.targets)})
+    df = pd.DataFrame(rows)
+    df["drop (points)"] = df["test accuracy (%)"].iloc[0] - df["test accuracy (%)"]
+    return df.round(2)
+
+
+def update_gates(model: UnifiedCNNRNN, feats: Features) -> pd.DataFrame:
+    """The mean update gate z_t of Eq. 7 at each V_t, per direction, over images, views and hidden units, for
+    the paper's GRU cell (model.rnn_cell = "paper"). z near 1 keeps the state from the steps before (V_t barely
+    enters, Eq. 9); z near 0 replaces it with the candidate computed from V_t. The backward direction reads
+    V_T first; its row is the V_t it reads."""
+    rnn = getattr(getattr(model, "head", None), "rnn", None)
+    from .model import PaperGRU
+
+    if not isinstance(rnn, PaperGRU):
+        raise ConfigError("update gates need the paper's GRU cell (a gru/bigru variant with model.rnn_cell='paper')")
+    n, views, T, d = feats.V.shape
+    seq = feats.V.float().reshape(n * views, T, d)
+    out = {}
+    with torch.no_grad():
+        for name, cell, order in (("forward", rnn.fwd, range(T)), ("backward", rnn.bwd, range(T - 1, -1, -1))):
+            if cell is None:
+                continue
+            h = seq.new_zeros(seq.shape[0], cell.hidden_size)
+            z_mean = [math.nan] * T
+            for t in order:
+                _, vz, _ = cell.W_v(seq[:, t]).chunk(3, dim=1)
+                z_mean[t] = float(torch.sigmoid(vz + cell.W_hz(h)).mean())  # Eq. 7
+                h = cell(seq[:, t], h)
+            out[f"{name}: mean z_t"] = z_mean
+    return pd.DataFrame(out, index=pd.Index([f"V_{t + 1} ({k})" for t, k in enumerate(feats.keys)], name="step")).round(3)
+
+
 __all__ = ["SWEEP_VARIANTS", "VIEWS", "split_views", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
            "extract_shared", "cnn_digest", "make_head", "train_head", "evaluate_head", "ensemble_probs", "head_probs",
            "BaseRun", "load_cnn", "shared_features", "run_sweep", "row_label", "compare_claims", "plot_sweep",
-           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table"]
+           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table", "cue_errors",
+           "zeroed_steps", "update_gates"]

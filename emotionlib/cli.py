@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import EmotionLibError
+from .threads import add_argument as add_threads_argument
 
 
 def _add_synth(sub) -> None:
@@ -90,6 +91,7 @@ def _add_train(sub) -> None:
                    help="any configuration field, e.g. --set train.lr=0.01 (repeatable)")
     p.add_argument("--weights", default=None, help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
                                                     "cached file if present, else random init; 'none': random init)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -121,6 +123,7 @@ def build_config(a):
 
 def cmd_train(a) -> int:
     from .train import fit
+    from .utils import finite_or_none
 
     if a.data is not None and not a.data.exists():
         from .errors import DataError
@@ -145,7 +148,7 @@ def cmd_train(a) -> int:
         metrics = fit(cfg, a.data, a.out, resume=a.resume, split_csv=a.split, init_from=a.init_from, progress=True)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics; one line is enough
         keys = ("variant", "profile", "test_accuracy", "val_accuracy", "mean_tpr")
-        print(json.dumps({k: metrics.get(k) for k in keys}))
+        print(json.dumps(finite_or_none({k: metrics.get(k) for k in keys})))
     return 0
 
 
@@ -154,13 +157,16 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", type=Path, default=None, help="evaluate on all images of this dataset instead")
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(a) -> int:
     from .predict import evaluate_run
 
-    print(json.dumps(evaluate_run(a.run, a.data, a.device)))
+    from .utils import finite_or_none
+
+    print(json.dumps(finite_or_none(evaluate_run(a.run, a.data, a.device))))
     return 0
 
 
@@ -169,6 +175,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -199,6 +206,7 @@ def _add_small(sub) -> None:
                    help=f"comma-separated, from {','.join(SMALL_METHODS)} (default {','.join(DEFAULT_SMALL_METHODS)})")
     p.add_argument("--alexnet-weights", default=None, help="ImageNet AlexNet state dict ('none': random init)")
     p.add_argument("--resnet-weights", default=None, help="ImageNet ResNet-101 state dict ('none': random init)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_small)
 
 
@@ -226,6 +234,7 @@ def _add_table1(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
                    help="any configuration field, e.g. --set train.fusion_epochs=5 (repeatable)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_table1)
 
 
@@ -285,12 +294,25 @@ def main(argv: list[str] | None = None) -> int:
         extra(sub)
     a = parser.parse_args(argv)
     try:
+        # the OpenMP wait policy before anything imports torch, then the thread count: checked and applied before
+        # anything is written or trained (emotionlib.threads)
+        from .threads import parse_threads, prepare_environment, set_threads
+
+        setting = getattr(a, "threads", None)
+        setting = None if setting is None else parse_threads(setting)
+        prepare_environment(setting=setting)
+        if hasattr(a, "threads"):
+            set_threads(setting)
         return a.func(a)
     except EmotionLibError as e:
         print(f"emotionlib {a.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"emotionlib {a.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        # advice that holds for this command: only train has --resume; reproduce skips its complete notebooks
+        advice = {"train": "; rerun with --resume to continue",
+                  "reproduce": "; rerun the same command to continue (complete notebooks are skipped)",
+                  "table1": "; rerun the same command to continue (finished runs are reused)"}.get(a.command, "")
+        print(f"emotionlib {a.command}: interrupted{advice}", file=sys.stderr)
         return 130
 
 

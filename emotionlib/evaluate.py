@@ -47,11 +47,15 @@ def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dic
     preds = probs.argmax(axis=1)
     targets = np.asarray(targets)
     n = len(classes)
-    tpr = per_class_tpr(targets, preds, n)
+    tpr = per_class_tpr(targets, preds, n).copy()  # np.diag's view is read-only
+    # mean TPR over the classes the data holds: an absent class has no rate (NaN, null in JSON), not 0
+    present = [i for i in range(n) if (targets == i).any()]
+    tpr[[i for i in range(n) if i not in present]] = np.nan
     return {
         "accuracy": float((preds == targets).mean()) if len(targets) else float("nan"),
         "per_class_tpr": {c: float(t) for c, t in zip(classes, tpr)},
-        "mean_tpr": float(tpr.mean()),
+        "mean_tpr": float(tpr[present].mean()) if present else float("nan"),
+        "mean_tpr_classes": [classes[i] for i in present],
         "confusion": confusion_matrix(targets, preds, n).round(6).tolist(),
         "n": int(len(targets)),
     }

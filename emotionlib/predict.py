@@ -1,7 +1,9 @@
 """Using a finished run: five-crop evaluation on a dataset and per-image prediction."""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,13 +33,17 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         if unknown:
             raise DataError(f"{data} has classes the run was not trained on: {', '.join(unknown)}")
         part.classes = list(classes)
-        name = Path(data).name or "data"
+        # named by the resolved path (a slug and a short hash): `--data other/test` must not overwrite test.json
+        resolved = str(Path(data).resolve())
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(resolved).stem or "data")[:40]
+        name = f"{slug}-{hashlib.sha256(resolved.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
     loader = make_loader(part, classes, cfg, train=False)
     p, y, _ = predict_probs(model, loader, dev, None, cfg.train.amp)
     s = summarise_predictions(y, p, classes)
-    result = {"run": str(run), "data": name, "classes": classes, **s}
-    write_json(run / "evaluations" / f"{name}.json", result)
-    return {k: result[k] for k in ("data", "accuracy", "mean_tpr", "n")}
+    result = {"run": str(run), "data": name, "data_path": str(run / "split.csv") if data is None else resolved,
+              "classes": classes, **s}
+    write_json(run / "evaluations" / f"{name}.json", result, strict=True)
+    return {k: result[k] for k in ("data", "accuracy", "mean_tpr", "mean_tpr_classes", "n")}
 
 
 def predict_images(run: str | os.PathLike, images: list[str | os.PathLike], device: str = "auto") -> Iterator[dict]:

@@ -8,6 +8,7 @@ metrics.json, predictions.csv and checkpoints/ (last.pt to resume, one file per 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -29,7 +30,8 @@ from .errors import CheckpointError, ConfigError, EmotionLibError, RunFolderErro
 from .evaluate import predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
 from .model import Stage, UnifiedCNNRNN
-from .utils import atomic_path, autocast, progress_bar, read_json, resolve_device, write_json, write_text
+from .threads import current_threads, worker_init
+from .utils import atomic_path, autocast, folder_lock, progress_bar, read_json, resolve_device, write_json, write_text
 
 
 class TrainingError(EmotionLibError):
@@ -99,15 +101,18 @@ class RunFolder:
     @classmethod
     def open(cls, path: str | os.PathLike, resume: bool) -> "RunFolder":
         run = cls(Path(path))
-        exists = run.path.exists() and any(run.path.iterdir())
         if run.path.exists() and not run.path.is_dir():
             raise RunFolderError(f"--out {run.path} is a file, not a folder")
+        exists = run.path.exists() and any(p.name != ".lock" for p in run.path.iterdir())  # .lock: folder_lock
         if exists and not resume:
             raise RunFolderError(f"run folder {run.path} already exists and is not empty; pass --resume to continue "
                                  "it, or choose another --out")
         if resume and exists and not (run.path / "config.json").exists():
             raise RunFolderError(f"cannot resume {run.path}: it has no config.json, so it is not a run folder")
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot write the run folder {run.path}: {e.strerror or e}") from None
         return run
 
     def append_summary(self, row: dict[str, Any]) -> None:
@@ -379,7 +384,8 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
                         resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
                         cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
     kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=d.num_workers > 0)
+                              persistent_workers=d.num_workers > 0,
+                              worker_init_fn=worker_init if d.num_workers > 0 else None)
     if batch_sampler is not None:
         return DataLoader(ds, batch_sampler=batch_sampler, **kw)
     return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)
@@ -402,11 +408,37 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     the same metrics.
     """
     dist = distributed.init(cfg.train.device)
+    out = Path(out)
+    existed = out.exists()
+    fresh = not existed or (out.is_dir() and not any(p.name != ".lock" for p in out.iterdir()))
+    failed_start = False
     try:
-        return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv, progress=progress and dist.is_main,
-                    init_from=init_from, stop_after_epochs=stop_after_epochs, until=until, init_stages=init_stages)
+        with folder_lock(out) if dist.is_main else contextlib.nullcontext():
+            try:
+                return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv,
+                            progress=progress and dist.is_main, init_from=init_from,
+                            stop_after_epochs=stop_after_epochs, until=until, init_stages=init_stages)
+            except Exception:
+                # a failed start (bad data, split, ...) must not leave a folder that blocks the corrected retry
+                if dist.is_main and fresh and not (out / "checkpoints" / "last.pt").exists():
+                    _empty(out)
+                    failed_start = True
+                raise
     finally:
         dist.close()
+        if failed_start and not existed:
+            (out / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def _empty(folder: Path) -> None:
+    """Remove what a failed start wrote into `folder` (which was empty or absent before it), the lock aside."""
+    import shutil
+
+    for p in folder.iterdir():
+        if p.name != ".lock":
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, init_from,
@@ -436,7 +468,11 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
                                            "variant": cfg.model.variant, "profile": cfg.profile,
                                            "torch": torch.__version__, "init_from": str(init_from) if init_from else None,
                                            "init_stages": init_stages,
-                                           "world_size": world_size})
+                                           "world_size": world_size, "threads": [current_threads()]})
+    elif not run.complete:  # resumed: each start's thread count, so that runs are compared knowingly
+        meta = read_json(run.path / "run.json")
+        meta["threads"] = meta.get("threads", []) + [current_threads()]
+        write_json(run.path / "run.json", meta)
     if init_from is None:  # a resumed run keeps the base it started from
         meta = read_json(run.path / "run.json")
         init_from, init_stages = meta.get("init_from"), meta.get("init_stages")
@@ -467,11 +503,25 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     state = None
     if run.last.exists():
         state = load_checkpoint(run.last, device)
+        if not {"model", "stage", "epoch"} <= set(state):
+            raise CheckpointError(f"checkpoint {run.last} is not a resumable checkpoint of emotionlib (it lacks "
+                                  f"{', '.join(sorted({'model', 'stage', 'epoch'} - set(state)))})")
         load_model_state(model, state["model"], run.last)
         start_stage, start_epoch = state["stage"], state["epoch"]
-        if dist.is_main:
-            run.truncate_summary([st.name for st in stages], start_stage, start_epoch)
         done_stages |= set(state.get("done_stages", []))
+    else:  # last.pt lost: go on after the latest finished stage, whose checkpoint holds the whole model
+        finished = [si for si, st in enumerate(stages) if (run.checkpoints / f"stage-{st.name}.pt").exists()]
+        if finished:
+            si = finished[-1]
+            path = run.checkpoints / f"stage-{stages[si].name}.pt"
+            load_model_state(model, load_checkpoint(path, device)["model"], path)
+            start_stage = si + 1
+            done_stages |= {st.name for st in stages[: si + 1]}
+        elif read_summary(run.path / "summary.csv"):
+            raise RunFolderError(f"cannot resume {run.path}: {run.last} is missing and no stage finished, so the "
+                                 "epochs in summary.csv cannot be continued; choose another --out for a new run")
+    if dist.is_main and (run.path / "summary.csv").exists():  # rows past the checkpoint would repeat: drop them
+        run.truncate_summary([st.name for st in stages], start_stage, start_epoch)
 
     train_loader_cache: dict[str, DataLoader] = {}
     # validation and the final evaluation run on rank 0 alone, while the other ranks wait at a barrier
@@ -622,7 +672,7 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
     write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
     save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
                                                     "classes": classes, "emotionlib": __version__})
-    write_json(run.path / "metrics.json", metrics)
+    write_json(run.path / "metrics.json", metrics, strict=True)  # an empty val split: null, not a bare NaN
     return metrics
 
 
@@ -664,10 +714,21 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu") -> tupl
     if not path.exists():
         raise RunFolderError(f"{run} holds no trained model ({path} is missing); train it first or pass --resume")
     ckpt = load_checkpoint(path, device)
-    cfg = Config.from_dict(ckpt["config"])
+    missing = sorted({"model", "config", "classes"} - set(ckpt))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is not a finished model of emotionlib")
+    try:
+        cfg = Config.from_dict(ckpt["config"])  # not validate(): its device may be one this machine lacks
+    except (EmotionLibError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} holds an unusable configuration ({e})") from None
     model = UnifiedCNNRNN(cfg.model)
     load_model_state(model, ckpt["model"], path)
-    return model.to(device).eval(), cfg, list(ckpt["classes"])
+    classes = ckpt["classes"]  # one distinct name per output of the classifier, or predictions name the wrong class
+    if (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes) or len(classes) != cfg.model.num_classes):
+        raise CheckpointError(f"checkpoint {path} lists {len(classes) if isinstance(classes, (list, tuple)) else '?'} "
+                              f"class name(s) for a model of {cfg.model.num_classes} classes")
+    return model.to(device).eval(), cfg, list(classes)
 
 
 __all__ = ["fit", "train_one_epoch", "RunFolder", "load_run", "load_checkpoint", "save_checkpoint", "TrainingError",

@@ -13,7 +13,8 @@ from emotionlib import cli, runner
 from emotionlib.errors import ConfigError
 
 KERNEL = "python3"  # the venv's own kernel: these tests must not need `make setup`
-PARAMS_SRC = 'profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nseed = 0\nseeds = 3'
+PARAMS_SRC = ('profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nthreads = "cores"\nseed = 0\n'
+              'seeds = 3')
 
 
 def write_nb(path: Path, body: str, params: str | None = PARAMS_SRC, n_param_cells: int = 1) -> Path:
@@ -69,7 +70,8 @@ def test_notebook_paths_refuses_an_empty_folder(tmp_path):
 def test_declared_parameters_reads_the_parameters_cell(tmp_path):
     p = write_nb(tmp_path / "01_a.ipynb", "x = 1", params=PARAMS_SRC + '\nlimit: int = 3\na = b = 2  # chained')
     assert runner.declared_parameters(p) == {"profile": '"smoke"', "data_dir": '"../data"', "run_dir": '"../run"',
-                                             "device": '"auto"', "seed": "0", "seeds": "3", "limit": "3", "a": "2",
+                                             "device": '"auto"', "threads": '"cores"', "seed": "0", "seeds": "3",
+                                             "limit": "3", "a": "2",
                                              "b": "2"}
 
 
@@ -200,3 +202,30 @@ def test_failing_notebook_stops_the_run_and_names_its_executed_copy(tmp_path, ca
     assert cli.main(argv) == 0
     assert log(tmp_path) == ["01_ok 0", "02_fail 0", "02_fail 0", "03_after 0"]
     assert "01_ok.ipynb: complete" in capsys.readouterr().err
+
+
+def test_reproduce_passes_threads_to_the_kernels(tmp_path, monkeypatch):
+    """The notebooks' `threads` parameter, and the kernels' environment: the setting (EMOTIONLIB_THREADS) and the
+    passive wait policy, which must be there before the kernel's torch loads OpenMP."""
+    for k in ("EMOTIONLIB_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(runner, "ensure_data", lambda *a, **k: None)
+    body = ('import os\nfrom pathlib import Path\nPath(run_dir).mkdir(parents=True, exist_ok=True)\n'
+            '(Path(run_dir) / "env.txt").write_text("%s %s %s" % (threads, os.environ.get("EMOTIONLIB_THREADS"), '
+            'os.environ.get("OMP_WAIT_POLICY")))')
+    write_nb(tmp_path / "nbs" / "01_a.ipynb", body)
+    runner.reproduce("tiny", None, tmp_path / "run", KERNEL, notebooks=tmp_path / "nbs", progress=False, threads="auto")
+    assert (tmp_path / "run" / "env.txt").read_text() == "auto auto PASSIVE"
+    with pytest.raises(ConfigError, match="^--threads 'abc'"):
+        runner.reproduce("tiny", None, tmp_path / "run2", KERNEL, notebooks=tmp_path / "nbs", progress=False,
+                         threads="abc")
+
+
+def test_stage_lines_print_one_line_per_stage(tmp_path):
+    (tmp_path / "summary.csv").write_text(
+        "stage,epoch,lr,train_loss,train_acc,seconds,val_acc\n"
+        "branch1,1,0.1,2.0,0.2,1.0,nan\nbranch1,2,0.1,1.5,0.4,1.0,0.35\nfusion,1,0.01,1.0,0.6,1.0,0.5\n")
+    assert runner.stage_lines(tmp_path) == [
+        " branch1: 2 epochs, train loss 1.500, train acc 40.0 %, val acc 35.0 %",
+        "  fusion: 1 epochs, train loss 1.000, train acc 60.0 %, val acc 50.0 %"]
+    assert runner.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
