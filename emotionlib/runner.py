@@ -217,6 +217,7 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
         except (ValueError, KeyError, TypeError):
             pass
     bar = progress_bar(total=sum(sizes), desc="notebooks", enabled=progress, unit="cell")
+    widgets = _no_widgets()
     try:
         for (src, dst, why), size in zip(plan, sizes):
             if why is None:
@@ -243,6 +244,7 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
             records.append({"notebook": src.name, "status": "executed", "seconds": seconds})
             write_json(log, {"parameters": params, "local": local, "kernel": kernel, "notebooks": records})
     finally:
+        _restore(widgets)
         bar.close()
     write_json(log, {"parameters": params, "local": local, "kernel": kernel, "notebooks": records})
     return records
@@ -338,6 +340,25 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     return run
 
 
+def _no_widgets() -> str | None:
+    """Tell the kernels papermill is about to start (they inherit this environment) that no front end renders
+    widgets, so their progress bars print plain lines into the executed copy (utils.progress_bar)."""
+    from .utils import NO_WIDGETS_ENV
+
+    before = os.environ.get(NO_WIDGETS_ENV)
+    os.environ[NO_WIDGETS_ENV] = "1"
+    return before
+
+
+def _restore(before: str | None) -> None:
+    from .utils import NO_WIDGETS_ENV
+
+    if before is None:
+        os.environ.pop(NO_WIDGETS_ENV, None)
+    else:
+        os.environ[NO_WIDGETS_ENV] = before
+
+
 def refresh_notebooks(notebooks: str | os.PathLike = NOTEBOOKS, kernel: str = DEFAULT_KERNEL,
                       names: list[str] | None = None, progress: bool = True) -> list[Path]:
     """`make notebooks`: execute the committed notebooks in place with their default parameters, so they carry the
@@ -353,6 +374,7 @@ def refresh_notebooks(notebooks: str | os.PathLike = NOTEBOOKS, kernel: str = DE
     from .utils import progress_bar
 
     bar = progress_bar(total=sum(len(_read(p).cells) for p in paths), desc="notebooks", enabled=progress, unit="cell")
+    widgets = _no_widgets()
     try:
         for p in paths:
             bar.set_postfix_str(p.name)
@@ -370,6 +392,7 @@ def refresh_notebooks(notebooks: str | os.PathLike = NOTEBOOKS, kernel: str = DE
             nbformat.write(nb, p)
             bar.write(f"{p.name}: refreshed", file=sys.stderr)
     finally:
+        _restore(widgets)
         bar.close()
     return paths
 

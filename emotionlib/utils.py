@@ -183,16 +183,65 @@ def in_notebook() -> bool:
         return False
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True, **kw):
+# Set by the runner for the kernels papermill starts: they are notebooks, but no front end renders a widget there.
+NO_WIDGETS_ENV = "EMOTIONLIB_NO_WIDGETS"
+
+
+class _Lines:
+    """A log stream for tqdm: drops the lone carriage returns and newlines it writes around its in-place bar."""
+
+    def __init__(self, fp):
+        self.fp = fp
+
+    def write(self, s: str) -> None:
+        if s not in ("", "\r", "\n"):
+            self.fp.write(s)
+
+    def flush(self) -> None:
+        getattr(self.fp, "flush", lambda: None)()
+
+
+def _line_bar():
+    from tqdm.std import tqdm
+
+    class LineBar(tqdm):
+        """One plain line per refresh (at most every `mininterval` s, and at close): readable in logs."""
+
+        @staticmethod
+        def status_printer(file):
+            last = [None]
+
+            def print_status(s):
+                if s and s != last[0]:
+                    file.write(s.replace("\r", "") + "\n")
+                    getattr(file, "flush", lambda: None)()
+                    last[0] = s
+
+            return print_status
+
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            if hasattr(self, "fp"):  # a disabled bar has none
+                self.fp = _Lines(self.fp)
+
+    return LineBar
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, file=None, **kw):
     """tqdm that stays readable everywhere: a widget in JupyterLab, a live bar on a terminal, and in logs
-    (papermill, CI) a line every 30 s instead of thousands of carriage returns."""
+    (papermill's kernels, CI, any stream that is not a terminal) a plain line every 30 s and at close."""
+    import os
     import sys
 
-    from tqdm.auto import tqdm as auto_tqdm
     from tqdm.std import tqdm as std_tqdm
 
-    if in_notebook():
-        return auto_tqdm(total=total, desc=desc, disable=not enabled, **kw)
-    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    return std_tqdm(total=total, desc=desc, disable=not enabled, mininterval=0.1 if tty else 30.0,
-                    ascii=not tty, dynamic_ncols=tty, **kw)
+    if in_notebook() and not os.environ.get(NO_WIDGETS_ENV):
+        from tqdm.notebook import tqdm as widget_tqdm  # a text bar of its own if ipywidgets is missing
+
+        return widget_tqdm(total=total, desc=desc, disable=not enabled, file=file, **kw)
+    stream = sys.stderr if file is None else file
+    if hasattr(stream, "isatty") and stream.isatty():
+        return std_tqdm(total=total, desc=desc, disable=not enabled, file=stream,
+                        **{"mininterval": 0.1, "dynamic_ncols": True, **kw})
+    return _line_bar()(total=total, desc=desc, disable=not enabled, file=stream,
+                       **{"mininterval": 30.0, "ascii": True, "ncols": 100, **kw})

@@ -1,0 +1,60 @@
+"""utils.progress_bar: a widget in JupyterLab, plain lines without carriage returns in papermill and logs."""
+import io
+
+import pytest
+
+from emotionlib import runner, utils
+
+
+def _drive(bar, out, n=50):
+    for _ in range(n):
+        bar.update(1)
+    bar.write("a stage is done", file=out)  # as the runner writes each notebook's line
+    bar.close()
+
+
+def test_a_log_stream_gets_plain_lines_without_carriage_returns():
+    out = io.StringIO()  # not a terminal, like CI's captured stderr
+    _drive(utils.progress_bar(50, "train", file=out, mininterval=0), out)
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert all(lines), f"blank lines in {text!r}"
+    assert "50/50" in lines[-1] and "a stage is done" in lines
+
+
+def test_the_log_bar_is_not_a_line_per_update_by_default():
+    out = io.StringIO()
+    _drive(utils.progress_bar(1000, "train", file=out), out, n=1000)
+    assert len(out.getvalue().splitlines()) <= 4  # first, the write, the refresh after it, the last
+
+
+@pytest.mark.parametrize("env", [None, "1"])
+def test_a_notebook_bar_is_a_widget_unless_papermill_runs_the_kernel(monkeypatch, env):
+    from tqdm.notebook import tqdm as widget_tqdm
+
+    pytest.importorskip("ipywidgets")
+    monkeypatch.setattr(utils, "in_notebook", lambda: True)
+    if env is None:
+        monkeypatch.delenv(utils.NO_WIDGETS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(utils.NO_WIDGETS_ENV, env)
+    out = io.StringIO()
+    bar = utils.progress_bar(10, "train", file=out)
+    try:
+        assert isinstance(bar, widget_tqdm) == (env is None)
+    finally:
+        bar.close()
+    assert utils.progress_bar(10, "off", enabled=False, file=out).disable
+    if env:
+        assert "\r" not in out.getvalue()
+
+
+def test_the_runner_marks_its_kernels_and_restores_the_environment(monkeypatch):
+    monkeypatch.delenv(utils.NO_WIDGETS_ENV, raising=False)
+    before = runner._no_widgets()
+    import os
+
+    assert os.environ[utils.NO_WIDGETS_ENV] == "1"
+    runner._restore(before)
+    assert utils.NO_WIDGETS_ENV not in os.environ
