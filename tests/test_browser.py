@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+# `-m "not browser"` leaves this file out (JupyterLab and Chromium start: ~40 s on two busy cores)
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "apt-get install -y chromium   (or: make setup, as root)"
 CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -48,6 +50,7 @@ def lab(tmp_path_factory):
     from emotionlib.config import get_config
     from emotionlib.synth import generate
     from emotionlib.train import fit
+    from emotionlib.utils import NO_WIDGETS_ENV
 
     work = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", work / "notebooks")
@@ -65,6 +68,7 @@ def lab(tmp_path_factory):
     port, token = _free_port(), "emotionlib-browser-test"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "JUPYTER_CONFIG_DIR": str(work / "jupyter-config"), "OMP_NUM_THREADS": "1"}
+    env.pop(NO_WIDGETS_ENV, None)  # a front end renders widgets here
     log = open(work / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
@@ -131,7 +135,6 @@ def _tracebacks(page) -> list[str]:
     return [t[:300] for t in texts if "Traceback" in t or "Error Traceback" in t]
 
 
-@pytest.mark.slow
 def test_the_explorer_runs_and_follows_its_controls(page, lab, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -187,13 +190,28 @@ def _predicted(text: str) -> str:
     return text.split("|")[0].replace("prediction:", "").split("(")[0].strip()
 
 
+def test_a_progress_bar_is_a_widget_in_jupyterlab(page, lab):
+    import nbformat
+
+    _, _, work = lab
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from emotionlib.utils import progress_bar\n"
+        "bar = progress_bar(3, 'demo')\nfor _ in range(3):\n    bar.update(1)\nbar.close()")])
+    nb.metadata["kernelspec"] = {"name": "emotionlib", "display_name": "Python (emotionlib)", "language": "python"}
+    nbformat.write(nb, work / "notebooks" / "progress.ipynb")
+    _open(page, lab, "progress.ipynb")
+    page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.locator(".jp-OutputArea .widget-hprogress").first.wait_for(timeout=90_000)  # ipywidgets' progress bar
+    assert "demo" in page.locator(".jp-OutputArea").first.inner_text()
+
+
 def _ordered() -> list[str]:
     from emotionlib.runner import notebook_paths
 
     return [p.name for p in notebook_paths(ROOT / "notebooks")]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", _ordered())
 def test_every_notebook_renders_without_an_error_output(page, lab, name):
     _open(page, lab, name)
