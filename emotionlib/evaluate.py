@@ -43,19 +43,28 @@ def one_against_all_tpr(targets, binary_preds, num_classes: int) -> np.ndarray:
     return out
 
 
+def accuracy(probs: np.ndarray, targets) -> float:
+    """Top-1 accuracy of class probabilities (or scores) [N, C] against targets [N]; NaN for no images."""
+    targets = np.asarray(targets)
+    return float((np.asarray(probs).argmax(1) == targets).mean()) if len(targets) else float("nan")
+
+
 def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dict:
     preds = probs.argmax(axis=1)
     targets = np.asarray(targets)
     n = len(classes)
     tpr = per_class_tpr(targets, preds, n)
     return {
-        "accuracy": float((preds == targets).mean()) if len(targets) else float("nan"),
+        "accuracy": accuracy(probs, targets),
         "per_class_tpr": {c: float(t) for c, t in zip(classes, tpr)},
         "mean_tpr": float(tpr.mean()),
         "confusion": confusion_matrix(targets, preds, n).round(6).tolist(),
         "n": int(len(targets)),
     }
 
+
+#: Index of the centre crop among the five test crops (torchvision's FiveCrop order: four corners, then the centre).
+CENTRE_CROP = 4
 
 #: crops per forward pass on the CPU: 16-crop chunks of a 96-px batch ran 2x faster than 160 crops at once (their
 #: activations stay in cache); a GPU takes the whole batch.
@@ -83,12 +92,12 @@ def _crop_batches(model: nn.Module, loader, device: torch.device, centre_only: b
     for x, y, idx in loader:
         x = x.to(device, non_blocking=True)
         if centre_only and x.dim() == 5:
-            x = x[:, -1:]  # FiveCrop order: four corners, then the centre
+            x = x[:, CENTRE_CROP:CENTRE_CROP + 1]
         b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
         yield crop_chunks(x.reshape(-1, *x.shape[-3:]), device, cl), b, crops, y, idx
 
 
-def _mean_softmax(logits: torch.Tensor, b: int, crops: int) -> torch.Tensor:
+def mean_softmax(logits: torch.Tensor, b: int, crops: int) -> torch.Tensor:
     """Softmax of each crop's logits, averaged over the crops of each image (five-crop evaluation)."""
     return torch.softmax(logits.float(), dim=1).reshape(b, crops, -1).mean(1).cpu()
 
@@ -106,7 +115,7 @@ def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | N
     for chunks, b, crops, y, idx in _crop_batches(model, loader, device, centre_only):
         with autocast(device, amp):
             logits = torch.cat([model(c) if heads is None else model.extract(c, [heads])[heads][1] for c in chunks])
-        all_p.append(_mean_softmax(logits, b, crops))
+        all_p.append(mean_softmax(logits, b, crops))
         all_y.append(y)
         all_i.append(idx)
     return torch.cat(all_p).numpy(), torch.cat(all_y).numpy(), torch.cat(all_i).numpy()
@@ -124,9 +133,9 @@ def predict_all(model: nn.Module, loader, device: torch.device,
             parts = [model.extract(c) for c in chunks]
             feats = {k: tuple(torch.cat([p[k][j] for p in parts]) for j in (0, 1)) for k in parts[0]}
             logits = model.fuse(feats)
-        final.append(_mean_softmax(logits, b, crops))
+        final.append(mean_softmax(logits, b, crops))
         for k, (_, lk) in feats.items():
-            per_key.setdefault(k, []).append(_mean_softmax(lk, b, crops))
+            per_key.setdefault(k, []).append(mean_softmax(lk, b, crops))
         all_y.append(y)
         all_i.append(idx)
     return (torch.cat(final).numpy(), {k: torch.cat(v).numpy() for k, v in per_key.items()},

@@ -8,40 +8,32 @@ metrics.json, predictions.csv and checkpoints/ (last.pt to resume, one file per 
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from . import __version__, distributed
 from .config import Config, config_diff, validate
-from .data import DatasetIndex, EmotionDataset, PairBatchSampler, make_split, open_dataset, read_split, write_split
+from .data import (DatasetIndex, PairBatchSampler, ShuffleBatchSampler, make_loader, make_split, open_dataset,
+                   read_split, write_split)
 from .distributed import Dist
-from .errors import CheckpointError, ConfigError, EmotionLibError, RunFolderError
-from .evaluate import predict_all, predict_probs, summarise_predictions
+from .checkpoint import (RunFolder, load_checkpoint, load_model, load_model_state, load_run, read_summary,
+                         save_checkpoint)
+from .errors import ConfigError, RunFolderError, TrainingError
+from .evaluate import accuracy, predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
 from .model import Stage, UnifiedCNNRNN
-from .utils import atomic_path, autocast, progress_bar, read_json, resolve_device, write_json, write_text
-
-
-class TrainingError(EmotionLibError):
-    """Training cannot go on (a loss that is not finite, say); the last good checkpoint is kept."""
+from .utils import autocast, derive_seed, progress_bar, read_json, relative_path, write_csv, write_json
 
 
 # ----------------------------------------------------------------------------- seeds and determinism
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple, stable across processes (Python's hash() is salted)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -52,133 +44,6 @@ def set_deterministic(enabled: bool) -> None:
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: cuDNN's fastest kernels, chosen once per shape
-
-
-class ShuffleBatchSampler(Sampler[list[int]]):
-    """Seeded shuffled batches for the fusion stage (no pairs needed); whole batches are split over ranks."""
-
-    def __init__(self, n: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        perm = torch.randperm(self.n, generator=g).tolist()
-        batches = [perm[i:i + self.batch_size] for i in range(0, self.n - self.batch_size + 1, self.batch_size)]
-        batches = batches[: len(self) * self.num_replicas]
-        return iter(batches[self.rank::self.num_replicas])
-
-    def __len__(self) -> int:
-        return (self.n // self.batch_size) // self.num_replicas
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-@dataclass
-class RunFolder:
-    """One run's folder. Never silently overwritten: a non-empty folder needs `resume=True`."""
-
-    path: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def complete(self) -> bool:
-        return (self.path / "metrics.json").exists() and (self.checkpoints / "model.pt").exists()
-
-    @classmethod
-    def open(cls, path: str | os.PathLike, resume: bool) -> "RunFolder":
-        run = cls(Path(path))
-        exists = run.path.exists() and any(run.path.iterdir())
-        if run.path.exists() and not run.path.is_dir():
-            raise RunFolderError(f"--out {run.path} is a file, not a folder")
-        if exists and not resume:
-            raise RunFolderError(f"run folder {run.path} already exists and is not empty; pass --resume to continue "
-                                 "it, or choose another --out")
-        if resume and exists and not (run.path / "config.json").exists():
-            raise RunFolderError(f"cannot resume {run.path}: it has no config.json, so it is not a run folder")
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        return run
-
-    def append_summary(self, row: dict[str, Any]) -> None:
-        self.write_summary(read_summary(self.path / "summary.csv") + [row])
-
-    def truncate_summary(self, stage_names: list[str], stage: int, epoch: int) -> None:
-        """Drop rows past the checkpoint (stage index, epochs done): a process killed between writing a row and its
-        checkpoint must not leave a duplicate row after --resume."""
-        order = {name: i for i, name in enumerate(stage_names)}
-        keep = [r for r in read_summary(self.path / "summary.csv")
-                if (order[r["stage"]], int(r["epoch"])) <= (stage, epoch)]
-        self.write_summary(keep)
-
-    def write_summary(self, rows: list[dict[str, Any]]) -> None:
-        path = self.path / "summary.csv"
-        if not rows:
-            write_text(path, "")
-            return
-        cols: list[str] = []
-        for r in rows:
-            cols += [c for c in r if c not in cols]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
-
-
-def read_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic: a crash while writing leaves the previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """`weights_only=True`: a checkpoint is data, never code (a pickled payload is refused, not executed)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({first[:200]}); it is damaged or not a "
-                              "checkpoint of emotionlib") from None
-
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load `state` into `model`. A model saved channels-last (train.channels_last) comes back channels-last: the
-    outputs are the same and its convolutions run about twice as fast on the CPU at the smoke size (emotionlib
-    bench), for evaluation, prediction and the ablation's feature extraction alike."""
-    if any(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-           for t in state.values()):
-        model.to(memory_format=torch.channels_last)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = next((line for line in lines if "size mismatch" in line or "Missing" in line or "Unexpected" in line),
-                      lines[0] if lines else "")
-        raise CheckpointError(f"checkpoint {path} belongs to another architecture or class count: {detail[:200]}") from None
 
 
 # ----------------------------------------------------------------------------- stages
@@ -220,7 +85,7 @@ def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
     rate"); a variant without a head (softmax, ensemble) only fine-tunes."""
     t = cfg.train
     if stage.name != "fusion":
-        mods = [m for name, m in _stage_named_modules(model, stage) if name not in frozen]
+        mods = [m for name, m in model.stage_modules(stage) if name not in frozen]
         params = [p for m in mods for p in m.parameters()]
         return [cnn_optimizer(params, t.lr, t)], mods
     # Torch7's rmsprop defaults (alpha 0.99, eps 1e-8) are PyTorch's too: "initialized by the default setting"
@@ -364,25 +229,11 @@ def prepare_data(cfg: Config, data: str | os.PathLike | None, run: RunFolder, sp
         write_split(index, [s.split for s in index.samples], split_path)
     if not (run.path / "skipped.csv").exists():
         index.write_skipped(run.path / "skipped.csv")
-    # a split may be empty on tiny data (5 % of 10 images); DatasetIndex.subset would refuse it
-    parts = {name: DatasetIndex(index.root, index.classes, [s for s in index.samples if s.split == name], [])
-             for name in ("train", "val", "test")}
+    parts = index.parts()  # a part may be empty on tiny data (5 % of 10 images)
     if len(parts["train"].samples) < cfg.train.batch_size:
         raise ConfigError(f"the training split has {len(parts['train'].samples)} images, fewer than one batch "
                           f"(train.batch_size={cfg.train.batch_size}); use more data or a smaller batch")
     return RunData(index, parts["train"], parts["val"], parts["test"])
-
-
-def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool, batch_sampler=None) -> DataLoader:
-    d = cfg.data
-    ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
-                        resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
-                        cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
-    kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=d.num_workers > 0)
-    if batch_sampler is not None:
-        return DataLoader(ds, batch_sampler=batch_sampler, **kw)
-    return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)
 
 
 def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, resume: bool = False,
@@ -461,7 +312,7 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     if init_from is not None:  # resuming overwrites the weights just below
         frozen = init_from_run(model, Path(init_from), stages, init_stages)
     done_stages = {st.name for st in stages if st.name != "fusion" and
-                   all(n in frozen for n, _ in _stage_named_modules(model, st))}
+                   all(n in frozen for n, _ in model.stage_modules(st))}
 
     start_stage, start_epoch = 0, 0
     state = None
@@ -527,7 +378,7 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
                     head = None if stage.name == "fusion" else stage.heads[-1]  # fusion: the variant's output
                     p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp,
                                             centre_only=cfg.train.val_crops == "centre")
-                    val_acc = float((p.argmax(1) == y).mean())
+                    val_acc = accuracy(p, y)
                 run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row, "val_acc": val_acc})
                 save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
                                            "optimizers": [o.state_dict() for o in optimizers],
@@ -568,7 +419,7 @@ def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
     allowed = None
     if init_stages is not None:
         allowed = {n for st in stages if st.name in init_stages
-                   for _, mod in _stage_named_modules(model, st) for n, _ in _named_in(model, mod)}
+                   for _, mod in model.stage_modules(st) for n, _ in _named_in(model, mod)}
     copied = {k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")
               and (allowed is None or k in allowed)}
     own.update({k: src[k] for k in copied})
@@ -577,17 +428,11 @@ def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
     for st in stages:
         if st.name == "fusion":
             continue
-        for name, mod in _stage_named_modules(model, st):
+        for name, mod in model.stage_modules(st):
             keys = [n for n, _ in _named_in(model, mod)]
             if keys and all(k in copied for k in keys):
                 frozen.add(name)
     return frozen
-
-
-def _stage_named_modules(model: UnifiedCNNRNN, stage: Stage) -> list[tuple[str, nn.Module]]:
-    named = [(f"trunk.stages.{s}", model.trunk.stages[s]) for s in stage.trunk_stages]
-    named += [(k, model.main if k == "main" else model.branches[k]) for k in stage.heads]
-    return named
 
 
 def _named_in(model: nn.Module, module: nn.Module):
@@ -611,13 +456,12 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
                    confusion=s["confusion"])
     if rd.val.samples:
         pv, yv, _ = predict_probs(model, make_loader(rd.val, classes, cfg, train=False), device, None, cfg.train.amp)
-        metrics["val_accuracy"] = float((pv.argmax(1) == yv).mean())
+        metrics["val_accuracy"] = accuracy(pv, yv)
     else:
         metrics["val_accuracy"] = float("nan")
     # each branch's classifier (Eq. 1) after the fusion stage has fine-tuned the CNN under it, and - the number
     # Sec. 3.2's per-branch training is about - at the end of the branch's own stage, from its stage checkpoint
-    metrics["branch_test_accuracy_after_fusion"] = {k: float((branch_p[k].argmax(1) == y).mean())
-                                                    for k in model.feature_keys}
+    metrics["branch_test_accuracy_after_fusion"] = {k: accuracy(branch_p[k], y) for k in model.feature_keys}
     metrics["branch_test_accuracy_at_stage"] = stage_branch_accuracy(cfg, run, test_loader, device)
     write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
     save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
@@ -633,42 +477,23 @@ def stage_branch_accuracy(cfg: Config, run: RunFolder, loader: DataLoader, devic
     path = run.checkpoints / "stage-main.pt"
     if not path.exists():
         return {}
-    model = UnifiedCNNRNN(cfg.model).to(device)
-    load_model_state(model, load_checkpoint(path, device)["model"], path)
-    _, branch_p, y, _ = predict_all(model.eval(), loader, device, cfg.train.amp)
-    return {k: float((branch_p[k].argmax(1) == y).mean()) for k in model.feature_keys}
+    model = load_model(path, device)[0]
+    _, branch_p, y, _ = predict_all(model, loader, device, cfg.train.amp)
+    return {k: accuracy(branch_p[k], y) for k in model.feature_keys}
 
 
 def write_predictions(path: Path, part: DatasetIndex, classes: list[str], probs: np.ndarray, targets: np.ndarray,
                       idx: np.ndarray) -> None:
-    root = part.root
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "pred", "correct", *[f"p_{c}" for c in classes]])
-        for p, y, i in zip(probs, targets, idx):
-            s = part.samples[int(i)]
-            try:
-                rel = Path(s.path).resolve().relative_to(Path(root).resolve()).as_posix()
-            except ValueError:
-                rel = str(s.path)
-            pred = int(p.argmax())
-            w.writerow([rel, classes[int(y)], classes[pred], int(pred == int(y)), *[f"{v:.6f}" for v in p]])
+    rows = []
+    for p, y, i in zip(probs, targets, idx):
+        pred = int(p.argmax())
+        rows.append([relative_path(part.samples[int(i)].path, part.root), classes[int(y)], classes[pred],
+                     int(pred == int(y)), *[f"{v:.6f}" for v in p]])
+    write_csv(path, ["path", "label", "pred", "correct", *[f"p_{c}" for c in classes]], rows)
 
 
-# ----------------------------------------------------------------------------- loading a finished run
-
-
-def load_run(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UnifiedCNNRNN, Config, list[str]]:
-    """The trained model of a finished run folder, its configuration and class names."""
-    path = Path(run) / "checkpoints" / "model.pt"
-    if not path.exists():
-        raise RunFolderError(f"{run} holds no trained model ({path} is missing); train it first or pass --resume")
-    ckpt = load_checkpoint(path, device)
-    cfg = Config.from_dict(ckpt["config"])
-    model = UnifiedCNNRNN(cfg.model)
-    load_model_state(model, ckpt["model"], path)
-    return model.to(device).eval(), cfg, list(ckpt["classes"])
-
-
+# RunFolder, read_summary, the checkpoint helpers and TrainingError live in checkpoint.py and errors.py; they stay
+# importable from here, where the notebooks and scripts that train reach for them.
 __all__ = ["fit", "train_one_epoch", "RunFolder", "load_run", "load_checkpoint", "save_checkpoint", "TrainingError",
+           "read_summary", "load_model_state",
            "set_trainable", "all_stages", "derive_seed", "ShuffleBatchSampler"]
