@@ -31,17 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_model, read_summary, save_checkpoint, split_parts
 from .config import Config, config_diff
-from .data import DatasetIndex, read_split
+from .data import DatasetIndex, make_loader
 from .errors import ConfigError, RunFolderError
-from .evaluate import crop_chunks, summarise_predictions
+from .evaluate import CENTRE_CROP, accuracy, crop_chunks, mean_softmax, summarise_predictions
 from .experiment import CLAIMS, row_label
 from .losses import fusion_loss
-from .model import RNN_FUSIONS, PoolFusion, RNNFusion, UnifiedCNNRNN, parse_variant
-from .paper import CLASSES as PAPER_CLASSES
-from .paper import FIG6_MLDRNET, FIG6_OURS, TABLE1_VARIANTS
-from .train import derive_seed, load_checkpoint, load_model_state, make_loader, save_checkpoint
-from .utils import autocast, progress_bar, read_json, resolve_device, write_json
+from .model import UnifiedCNNRNN, fusion_head, parse_variant
+from .paper import TABLE1_VARIANTS
+from .train import optimizer_step
+from .utils import (autocast, derive_seed, file_sha256, progress_bar, read_json, relative_path, resolve_device,
+                    write_json)
 
 #: Every row of Table 1 this project trains, plus the max / avg aggregation Sec. 1 contrasts with.
 SWEEP_VARIANTS = ("softmax", "ensemble", "lstm", "bilstm", "gru", "bigru", "bigru4", "bigru6", "max", "avg")
@@ -70,29 +71,10 @@ class Features:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Features":
-        """A cache file written by extract_features."""
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        k = saved["key"]
-        return cls(saved["V"], saved["logits"], saved["targets"], list(k["keys"]), list(k["classes"]),
-                   list(k["paths"]), k["views"])
-
     def key_features(self, key: str, view: int | None = None) -> np.ndarray:
         """One branch's V as an (N, D) array: one view, or the mean over all views (view=None)."""
         v = self.V[:, :, self.keys.index(key)]
         return (v.mean(1) if view is None else v[:, view]).numpy()
-
-
-def _relative_paths(part: DatasetIndex) -> list[str]:
-    root = Path(part.root).resolve()
-    out = []
-    for s in part.samples:
-        try:
-            out.append(Path(s.path).resolve().relative_to(root).as_posix())
-        except ValueError:
-            out.append(Path(s.path).as_posix())
-    return out
 
 
 def _digest(model: UnifiedCNNRNN, prefixes: tuple[str, ...]) -> str:
@@ -116,16 +98,14 @@ def _views(x: torch.Tensor, views: str) -> torch.Tensor:
         return torch.cat([x, x.flip(-1)], dim=1)
     if views == "five":
         return x
-    return x[:, 4:5]  # the centre crop
+    return x[:, CENTRE_CROP:CENTRE_CROP + 1]
 
 
 def _branch_outputs(model: UnifiedCNNRNN, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(V, logits) of every branch in feature_keys order, from trunk maps computed once: what model.extract
-    returns, so that CNNs sharing one trunk need one trunk pass."""
-    side = [model.branches[k](maps[tap]) for k, tap in zip(model.branches.keys(), model.taps)]
-    main = model.main(maps["pool4"], side)
-    logits = [model.branches[k].classifier(v) for k, v in zip(model.branches.keys(), side)]
-    return torch.stack([*side, main], 1).float(), torch.stack([*logits, model.main.logits(main)], 1).float()
+    """(V, logits) of every branch in feature_keys order, stacked, from trunk maps computed once."""
+    out = model.heads_from_maps(maps)
+    return (torch.stack([out[k][0] for k in model.feature_keys], 1).float(),
+            torch.stack([out[k][1] for k in model.feature_keys], 1).float())
 
 
 def _load_cache(cache: str | os.PathLike | None, key: dict[str, Any]) -> Features | None:
@@ -186,7 +166,7 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
     if views not in VIEWS:
         raise ConfigError(f"views={views!r}: choose one of {', '.join(VIEWS)}")
     caches = dict(caches or {})
-    paths = _relative_paths(index_part)
+    paths = [relative_path(x.path, index_part.root) for x in index_part.samples]
     keys = {n: {"format": FEATURE_FORMAT, "cnn": cnn_digest(m), "views": views, "paths": paths,
                 "classes": list(index_part.classes), "resize": cfg.data.resize, "crop": cfg.data.crop,
                 "keys": m.feature_keys} for n, m in models.items()}
@@ -251,13 +231,8 @@ def _one_thread(device: torch.device):
 def make_head(variant: str, input_size: int, cfg: Config) -> torch.nn.Module | None:
     """The fusion head of a variant (Sec. 3.3), or None for the ensemble (nothing to train)."""
     fusion, _ = parse_variant(variant)
-    mcfg = cfg.model
-    if fusion in RNN_FUSIONS:
-        return RNNFusion(fusion, input_size, mcfg)
-    if fusion in ("max", "avg"):
-        return PoolFusion(fusion, input_size, mcfg)
-    if fusion == "ensemble":
-        return None
+    if fusion != "softmax":
+        return fusion_head(fusion, input_size, cfg.model)
     raise ConfigError(f"variant {variant!r} has no fusion head: it is trained end to end (run_sweep does that)")
 
 
@@ -275,7 +250,7 @@ def head_probs(head: torch.nn.Module, feats: Features, device: str | torch.devic
     out = []
     for i in range(0, n, batch_size):
         seq = feats.V[i:i + batch_size].reshape(-1, t, d).to(device)
-        out.append(F.softmax(head(seq).float(), dim=1).reshape(-1, v, head_classes(head)).mean(1).cpu())
+        out.append(mean_softmax(head(seq), len(seq) // v, v))
     return torch.cat(out).numpy() if out else np.zeros((0, head_classes(head)))
 
 
@@ -328,16 +303,14 @@ def _train_head(variant: str, features: Mapping[str, Features], cfg: Config, dev
                 seq, y = train.V[idx, view[idx]].to(dev), train.targets[idx].to(dev)
                 logits = head(seq)
                 loss, _ = fusion_loss(logits, y, head.weight_matrices(), t.reg_lambda, t.reg_squared)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step([opt], loss, f"the loss of the {variant} head")
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += float((logits.argmax(1) == y).sum())
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
                    "train_acc": correct / n}
             sched.step()
             if "val" in features and len(features["val"]):
-                row["val_acc"] = _accuracy(head_probs(head, features["val"], dev), features["val"].targets)
+                row["val_acc"] = accuracy(head_probs(head, features["val"], dev), features["val"].targets)
             history.append(row)
             bar.update(1)
         bar.close()
@@ -345,11 +318,6 @@ def _train_head(variant: str, features: Mapping[str, Features], cfg: Config, dev
     metrics = evaluate_head(head, features)
     metrics["history"] = history
     return head, metrics
-
-
-def _accuracy(probs: np.ndarray, targets) -> float:
-    targets = np.asarray(targets)
-    return float((probs.argmax(1) == targets).mean()) if len(targets) else float("nan")
 
 
 def evaluate_head(head: torch.nn.Module | None, features: Mapping[str, Features]) -> dict[str, Any]:
@@ -362,7 +330,7 @@ def evaluate_head(head: torch.nn.Module | None, features: Mapping[str, Features]
     val = features.get("val")
     if val is not None and len(val):
         pv = ensemble_probs(val) if head is None else head_probs(head, val)
-        m["val_accuracy"] = _accuracy(pv, val.targets)
+        m["val_accuracy"] = accuracy(pv, val.targets)
     else:
         m["val_accuracy"] = float("nan")
     return m
@@ -391,11 +359,7 @@ class BaseRun:
     @property
     def fingerprint(self) -> str:
         """The stage-main.pt file's hash: a sweep folder belongs to exactly one base CNN."""
-        h = hashlib.sha256()
-        with open(self.stage_main, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()[:16]
+        return file_sha256(self.stage_main)
 
     @property
     def label(self) -> str:
@@ -416,19 +380,12 @@ class BaseRun:
 
     def parts(self) -> dict[str, DatasetIndex]:
         """The base run's train / val / test split: every variant of the sweep is scored on the same images."""
-        index = read_split(self.split_csv, root=self.data_root, classes=self.classes,
-                           max_pixels=self.cfg.data.max_pixels)
-        return {name: DatasetIndex(index.root, index.classes, [s for s in index.samples if s.split == name], [])
-                for name in ("train", "val", "test")}
+        return split_parts(self.path, self.data_root, self.classes, self.cfg.data.max_pixels)
 
 
 def load_cnn(checkpoint: str | os.PathLike) -> tuple[UnifiedCNNRNN, Config]:
     """The model and config stored in one checkpoint file (e.g. a run's stage-main.pt)."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(ckpt["config"])
-    model = UnifiedCNNRNN(cfg.model)
-    load_model_state(model, ckpt["model"], Path(checkpoint))
-    return model.eval(), cfg
+    return load_model(checkpoint)[:2]
 
 
 def _check_cfg(cfg: Config, base: Config) -> None:
@@ -595,8 +552,6 @@ def _table_row(m: dict[str, Any]) -> dict[str, Any]:
 
 def _finetuned_row(base: BaseRun) -> dict[str, Any]:
     """The base run's own result: its fusion trained while the CNN was fine-tuned, as the paper trains."""
-    from .train import read_summary
-
     m = read_json(base.path / "metrics.json")
     v = m["variant"]
     seconds = sum(float(r["seconds"]) for r in read_summary(base.path / "summary.csv") if r.get("seconds"))
@@ -624,98 +579,9 @@ def compare_claims(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | None = 12.5):
-    """Two panels sharing the rows: bars of this run's test accuracy, and the paper's FI numbers as markers.
-    Separate axes, because the data differ: a synthetic or small dataset's accuracy is not FI's."""
-    import matplotlib.pyplot as plt
-
-    labels = [f"{v}  ({r.split(' (')[0]})" for v, r in zip(df["variant"], df["table1_row"])]
-    y = np.arange(len(df))[::-1]
-    kinds = df["trained"].str.startswith("head").map({True: "C0", False: "C1"})
-    kinds[df["variant"].str.endswith("(fine-tuned)")] = "C2"
-    fig, (ax, axp) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.42 * len(df) + 1.6),
-                                  gridspec_kw={"width_ratios": [3, 2]})
-    ax.barh(y, df["this_run_test_acc"], color=list(kinds))
-    for yi, v in zip(y, df["this_run_test_acc"]):
-        ax.text(v + 1, yi, f"{v:.1f}", va="center", fontsize=8)
-    if chance is not None:
-        ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.1f} %")
-    ax.set_yticks(y, labels, fontsize=9)
-    ax.set_xlim(0, 105)
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_title(f"{run_label}")
-    from matplotlib.patches import Patch
-
-    handles = [Patch(color="C0", label="head on the shared frozen CNN"),
-               Patch(color="C1", label="trains (part of) its own CNN"),
-               Patch(color="C2", label="base run, CNN fine-tuned")]
-    ax.legend(handles=handles + ax.get_legend_handles_labels()[0][:1], loc="lower right", fontsize=8)
-    paper = df["paper_FI_acc"].astype(float)
-    has = paper.notna().to_numpy()
-    axp.scatter(paper[has], y[has], marker="D", color="k", zorder=3)
-    for yi, v in zip(y[has], paper[has]):
-        axp.text(v + 0.4, yi, f"{v:.2f}", va="center", fontsize=8)
-    for yi in y[~has]:
-        axp.text(56.5, yi, "not in Table 1", va="center", fontsize=8, color="grey")
-    axp.set_xlim(56, 76)
-    axp.set_xlabel("accuracy on FI (%)")
-    axp.set_title("FI (paper, Table 1)")
-    fig.tight_layout()
-    return fig
-
-
-# ----------------------------------------------------------------------------- Fig. 6: confusion matrices
-
-
-def paper_confusions() -> dict[str, np.ndarray]:
-    """The two matrices Fig. 6 prints, rows true class, columns predicted, in emotionlib.paper.CLASSES order."""
-    return {"MldrNet, FI (paper)": FIG6_MLDRNET, "Bi-GRU (Zhu et al.), FI (paper)": FIG6_OURS}
-
-
-def plot_confusions(confusion, classes: Sequence[str], run_label: str):
-    """Fig. 6 with this run's row-normalised matrix first: seaborn heatmaps on one colour scale (0-1)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
-    panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
-    fig, axes = plt.subplots(1, 4, figsize=(19, 6.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
-    for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
-        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
-                    square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
-                    yticklabels=names, ax=ax)
-        ax.set_title(title)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true" if i == 0 else "")
-        ax.tick_params(axis="x", labelrotation=60)
-    fig.tight_layout()
-    return fig
-
-
-def top_confusions(confusion, classes: Sequence[str], k: int = 3) -> list[tuple[str, str, float]]:
-    """The k largest off-diagonal entries (true class, predicted class, share of the true class), largest first."""
-    cm = np.array(confusion, dtype=float)
-    np.fill_diagonal(cm, -np.inf)
-    flat = np.argsort(-cm, axis=None, kind="stable")[:k]
-    return [(classes[i], classes[j], float(cm[i, j])) for i, j in zip(*np.unravel_index(flat, cm.shape))]
-
-
-def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.DataFrame:
-    """True-positive rate per class (the confusion diagonal): this run beside the paper's two, by class name.
-    A class of the run that FI lacks gets NaN in the paper's columns, and the other way round."""
-    run = dict(metrics["per_class_tpr"])
-    names = list(metrics["classes"]) + [c for c in PAPER_CLASSES if c not in metrics["classes"]]
-    cols = {run_label: [run.get(c, float("nan")) for c in names]}
-    for title, cm in paper_confusions().items():
-        diag = dict(zip(PAPER_CLASSES, np.diag(cm)))
-        cols[title] = [diag.get(c, float("nan")) for c in names]
-    df = pd.DataFrame(cols, index=pd.Index(names, name="class"))
-    # Sec. 4.3 reads Fig. 6 for balance ("a more balanced performance"): the worst class and the spread say it
-    stats = {"mean": df.mean(), "min": df.min(), "std": df.std(ddof=0)}
-    for name, row in stats.items():
-        df.loc[name] = row
-    return df.round(3)
-
+# Fig. 6 lives in figures.py (the plots) and evaluate.py (top_confusions); notebook 05 reads it from here.
+from .figures import paper_confusions, plot_confusions, plot_sweep, tpr_table  # noqa: E402
+from .evaluate import top_confusions  # noqa: E402
 
 __all__ = ["SWEEP_VARIANTS", "VIEWS", "split_views", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
            "extract_shared", "cnn_digest", "make_head", "train_head", "evaluate_head", "ensemble_probs", "head_probs",

@@ -38,7 +38,7 @@ from . import __version__
 from .config import Config, validate
 from .data import DatasetIndex, load_image
 from .errors import CheckpointError, ConfigError, RunFolderError
-from .evaluate import summarise_predictions
+from .evaluate import accuracy, summarise_predictions
 from .methods import BASELINES, TABLE1_BASELINE_ROW
 from .paper import TABLE1
 from .utils import progress_bar, read_json, resolve_device, write_json
@@ -398,7 +398,10 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
                   side: int, epochs: int, progress: bool) -> None:
     """SGD with the profile's lr, momentum and staircase decay (Sec. 4.1), cross-entropy, one random corner or
     centre crop per image, mirrored at random unless data.mirror is off; one summary.csv row per epoch."""
-    from .train import ShuffleBatchSampler, TrainingError, derive_seed, make_loader
+    from .data import ShuffleBatchSampler, make_loader
+    from .errors import TrainingError
+    from .train import optimizer_step
+    from .utils import derive_seed
 
     t = cfg.train
     sampler = ShuffleBatchSampler(len(rd.train.samples), t.batch_size, t.seed)
@@ -417,12 +420,10 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
             x, y = x.to(device), y.to(device)
             logits = net(_fit_input(x, side))
             loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss of {name} became {float(loss)} in epoch {epoch + 1}; "
-                                    "lower the learning rate (--set train.lr=...)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            try:
+                optimizer_step([opt], loss, f"the loss of {name}")
+            except TrainingError as e:
+                raise TrainingError(f"{e} in epoch {epoch + 1}; lower the learning rate (--set train.lr=...)") from None
             n += len(y)
             correct += int((logits.argmax(1) == y).sum())
             total += float(loss.detach()) * len(y)
@@ -434,7 +435,7 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
         if val_loader is not None and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == epochs):
             net.eval()
             p, yv, _ = five_crop_features(lambda z: torch.softmax(net(z), 1), val_loader, device, side)
-            val_acc = float((p.argmax(1) == yv).mean())
+            val_acc = accuracy(p, yv)
         run.append_summary({"stage": name, "epoch": epoch + 1, "lr": lr, "train_loss": total / max(n, 1),
                             "train_acc": correct / max(n, 1), "seconds": round(seconds, 3),
                             "images_per_s": round(n / seconds, 2) if seconds > 0 else float("nan"), "val_acc": val_acc})
@@ -508,7 +509,7 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
         "n_val": len(rd.val.samples), "n_test": len(rd.test.samples), "n_skipped": len(rd.index.skipped),
         "test_accuracy": s["accuracy"], "per_class_tpr": s["per_class_tpr"], "mean_tpr": s["mean_tpr"],
         "confusion": s["confusion"],
-        "val_accuracy": float((probs["val"].argmax(1) == ys["val"]).mean()) if len(ys["val"]) else float("nan"),
+        "val_accuracy": accuracy(probs["val"], ys["val"]),
         **provenance, "settings": settings,
         "paper_table1": {"row": TABLE1_BASELINE_ROW[name], "fi_accuracy_percent": TABLE1[TABLE1_BASELINE_ROW[name]],
                          "note": "the paper's number on FI, for reference; not measured by this run"},
@@ -520,7 +521,8 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
 
 def _cnn_baseline(name, net, pretrained, rd, classes, cfg, run, device, progress):
     """alexnet-svm: (train from scratch if no weights, then) fc7 features + linear SVM; resnet101: fine-tune."""
-    from .train import derive_seed, make_loader
+    from .data import make_loader
+    from .utils import derive_seed
 
     side, n = cnn_input_size(name, cfg), len(classes)
     torch.manual_seed(derive_seed(cfg.train.seed, name, "new-layer"))

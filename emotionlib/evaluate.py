@@ -1,12 +1,20 @@
 """Metrics of Sec. 4.3-4.4: accuracy (Table 1), row-normalised confusion (Fig. 6), true-positive rate per class
-(Fig. 7-8), and five-crop evaluation."""
+(Fig. 7-8); five-crop evaluation (Sec. 4.1), the one path every score goes through; and using a finished run:
+evaluation on a dataset and per-image prediction."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from .utils import autocast
+from .checkpoint import load_run, split_parts
+from .data import EmotionDataset, Sample, make_loader, open_dataset
+from .errors import DataError
+from .utils import autocast, resolve_device, write_json
 
 
 def confusion_matrix(targets, preds, num_classes: int, normalize: bool = True) -> np.ndarray:
@@ -41,6 +49,14 @@ def one_against_all_tpr(targets, binary_preds, num_classes: int) -> np.ndarray:
         if pos.any() and (~pos).any():
             out[c] = (b[pos, c].mean() + (~b[~pos, c]).mean()) / 2
     return out
+
+
+def top_confusions(confusion, classes, k: int = 3) -> list[tuple[str, str, float]]:
+    """The k largest off-diagonal entries (true class, predicted class, share of the true class), largest first."""
+    cm = np.array(confusion, dtype=float)
+    np.fill_diagonal(cm, -np.inf)
+    flat = np.argsort(-cm, axis=None, kind="stable")[:k]
+    return [(classes[i], classes[j], float(cm[i, j])) for i, j in zip(*np.unravel_index(flat, cm.shape))]
 
 
 def accuracy(probs: np.ndarray, targets) -> float:
@@ -140,3 +156,44 @@ def predict_all(model: nn.Module, loader, device: torch.device,
         all_i.append(idx)
     return (torch.cat(final).numpy(), {k: torch.cat(v).numpy() for k, v in per_key.items()},
             torch.cat(all_y).numpy(), torch.cat(all_i).numpy())
+
+
+# ----------------------------------------------------------------------------- using a finished run
+
+
+def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, device: str = "auto") -> dict[str, Any]:
+    """Accuracy, per-class TPR and confusion on the run's own test split, or on every image of `data` (whose class
+    names must be among the run's). Writes RUN/evaluations/<name>.json."""
+    run = Path(run)
+    dev = resolve_device(device)
+    model, cfg, classes = load_run(run, dev)
+    if data is None:
+        part, name = split_parts(run, classes=classes)["test"], "test"
+    else:
+        part = open_dataset(data)
+        unknown = sorted(set(part.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{data} has classes the run was not trained on: {', '.join(unknown)}")
+        part.classes = list(classes)
+        name = Path(data).name or "data"
+    p, y, _ = predict_probs(model, make_loader(part, classes, cfg, train=False), dev, None, cfg.train.amp)
+    result = {"run": str(run), "data": name, "classes": classes, **summarise_predictions(y, p, classes)}
+    write_json(run / "evaluations" / f"{name}.json", result)
+    return {k: result[k] for k in ("data", "accuracy", "mean_tpr", "n")}
+
+
+def predict_images(run: str | os.PathLike, images: list[str | os.PathLike], device: str = "auto") -> Iterator[dict]:
+    """For each image: {"image", "emotion", "probabilities"}, averaged over the five crops."""
+    dev = resolve_device(device)
+    model, cfg, classes = load_run(run, dev)
+    for path in images:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"image {path} does not exist")
+        ds = EmotionDataset([Sample(path, classes[0])], {c: i for i, c in enumerate(classes)}, resize=cfg.data.resize,
+                            crop=cfg.data.crop, train=False, max_pixels=cfg.data.max_pixels, cache=False)
+        x = ds[0][0]  # (5, 3, crop, crop)
+        with torch.inference_mode():
+            p = mean_softmax(model(x.to(dev)), 1, x.shape[0])[0]
+        yield {"image": str(path), "emotion": classes[int(p.argmax())],
+               "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}}

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import matplotlib
 
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .paper import CLASSES as PAPER_CLASSES
+from .paper import FIG6_MLDRNET, FIG6_OURS
 from .utils import atomic_path
 
 _FIXED_META = {
@@ -302,3 +309,91 @@ def plot_claims(claims, run_label: str):
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=5, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- Table 1 by the ablation sweep
+
+
+def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | None = 12.5):
+    """Two panels sharing the rows: bars of this run's test accuracy, and the paper's FI numbers as markers.
+    Separate axes, because the data differ: a synthetic or small dataset's accuracy is not FI's."""
+    import matplotlib.pyplot as plt
+
+    labels = [f"{v}  ({r.split(' (')[0]})" for v, r in zip(df["variant"], df["table1_row"])]
+    y = np.arange(len(df))[::-1]
+    kinds = df["trained"].str.startswith("head").map({True: "C0", False: "C1"})
+    kinds[df["variant"].str.endswith("(fine-tuned)")] = "C2"
+    fig, (ax, axp) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.42 * len(df) + 1.6),
+                                  gridspec_kw={"width_ratios": [3, 2]})
+    ax.barh(y, df["this_run_test_acc"], color=list(kinds))
+    for yi, v in zip(y, df["this_run_test_acc"]):
+        ax.text(v + 1, yi, f"{v:.1f}", va="center", fontsize=8)
+    if chance is not None:
+        ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.1f} %")
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title(f"{run_label}")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="C0", label="head on the shared frozen CNN"),
+               Patch(color="C1", label="trains (part of) its own CNN"),
+               Patch(color="C2", label="base run, CNN fine-tuned")]
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0][:1], loc="lower right", fontsize=8)
+    paper = df["paper_FI_acc"].astype(float)
+    has = paper.notna().to_numpy()
+    axp.scatter(paper[has], y[has], marker="D", color="k", zorder=3)
+    for yi, v in zip(y[has], paper[has]):
+        axp.text(v + 0.4, yi, f"{v:.2f}", va="center", fontsize=8)
+    for yi in y[~has]:
+        axp.text(56.5, yi, "not in Table 1", va="center", fontsize=8, color="grey")
+    axp.set_xlim(56, 76)
+    axp.set_xlabel("accuracy on FI (%)")
+    axp.set_title("FI (paper, Table 1)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- Fig. 6: confusion matrices
+
+
+def paper_confusions() -> dict[str, np.ndarray]:
+    """The two matrices Fig. 6 prints, rows true class, columns predicted, in emotionlib.paper.CLASSES order."""
+    return {"MldrNet, FI (paper)": FIG6_MLDRNET, "Bi-GRU (Zhu et al.), FI (paper)": FIG6_OURS}
+
+
+def plot_confusions(confusion, classes: Sequence[str], run_label: str):
+    """Fig. 6 with this run's row-normalised matrix first: seaborn heatmaps on one colour scale (0-1)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
+    panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
+    fig, axes = plt.subplots(1, 4, figsize=(19, 6.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
+    for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
+        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
+                    square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
+                    yticklabels=names, ax=ax)
+        ax.set_title(title)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true" if i == 0 else "")
+        ax.tick_params(axis="x", labelrotation=60)
+    fig.tight_layout()
+    return fig
+
+
+def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.DataFrame:
+    """True-positive rate per class (the confusion diagonal): this run beside the paper's two, by class name.
+    A class of the run that FI lacks gets NaN in the paper's columns, and the other way round."""
+    run = dict(metrics["per_class_tpr"])
+    names = list(metrics["classes"]) + [c for c in PAPER_CLASSES if c not in metrics["classes"]]
+    cols = {run_label: [run.get(c, float("nan")) for c in names]}
+    for title, cm in paper_confusions().items():
+        diag = dict(zip(PAPER_CLASSES, np.diag(cm)))
+        cols[title] = [diag.get(c, float("nan")) for c in names]
+    df = pd.DataFrame(cols, index=pd.Index(names, name="class"))
+    # Sec. 4.3 reads Fig. 6 for balance ("a more balanced performance"): the worst class and the spread say it
+    stats = {"mean": df.mean(), "min": df.min(), "std": df.std(ddof=0)}
+    for name, row in stats.items():
+        df.loc[name] = row
+    return df.round(3)

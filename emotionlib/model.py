@@ -469,6 +469,15 @@ class UnifiedCNNRNN(nn.Module):
             out["main"] = (v, self.main.logits(v))
         return {k: out[k] for k in heads}
 
+    def last_fc_input(self, feats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """What the variant's last FC reads (Sec. 4.4 replaces that FC): H of the RNN (Eq. 10) or the pooled V (max,
+        avg), through the top FC with top_fc; the main branch's V (softmax); for the ensemble, which has no single
+        last FC, all V concatenated."""
+        if self.cfg.fusion == "softmax":
+            return feats["main"][0]
+        seq = torch.stack([feats[k][0] for k in self.feature_keys], dim=1)
+        return seq.flatten(1) if self.cfg.fusion == "ensemble" else self.head.features(seq)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final class logits of the variant."""
         feats = self.extract(x)

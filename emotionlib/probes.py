@@ -27,14 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ablation import _relative_paths, extract_features, load_cnn
+from .ablation import extract_features, load_cnn
 from .config import Config
 from .data import DatasetIndex, EmotionDataset, five_crop_boxes
 from .errors import ConfigError, DataError
 from .experiment import mean_interval
 from .model import ModelConfig, UnifiedCNNRNN, receptive_field
-from .train import derive_seed, make_loader
-from .utils import resolve_device
+from .data import make_loader
+from .evaluate import CENTRE_CROP
+from .utils import derive_seed, relative_path, resolve_device
 
 LAYERS = ("pool1", "pool2", "pool3")  # Fig. 3
 FACTORS = ("colour", "texture", "shape")  # emotionlib.synth: low, mid and high level
@@ -80,7 +81,7 @@ def layer_maxima(model: UnifiedCNNRNN, part: DatasetIndex, cfg: Config, layers: 
     depth = max(int(layer[-1]) for layer in layers)
     out: dict[str, list] = {layer: [] for layer in layers}
     for x, _, _ in make_loader(part, part.classes, cfg, train=False):
-        maps = model.trunk(x[:, 4].to(dev), depth)  # the centre crop
+        maps = model.trunk(x[:, CENTRE_CROP].to(dev), depth)
         for layer in layers:
             m = maps[layer].float()
             b, c, h, w = m.shape
@@ -132,7 +133,7 @@ def _centre_crops(samples, part: DatasetIndex, cfg: Config):
                         max_pixels=cfg.data.max_pixels, cache=False)
     for i in range(len(ds)):
         x = ds.resized(i)
-        left, top, right, bottom = five_crop_boxes(x.shape[2], x.shape[1], cfg.data.crop)[4]
+        left, top, right, bottom = five_crop_boxes(x.shape[2], x.shape[1], cfg.data.crop)[CENTRE_CROP]
         yield x[:, top:bottom, left:right].permute(1, 2, 0).numpy()
 
 
@@ -245,6 +246,10 @@ MAJORITY = "majority"
 NO_LEVEL = "-"  # the level of rows that come from no branch (pixel baselines, majority)
 
 
+def _paths(part: DatasetIndex) -> list[str]:
+    return [relative_path(s.path, part.root) for s in part.samples]
+
+
 def control_cnn(cfg: Config) -> UnifiedCNNRNN:
     """The untrained network of `cfg`'s architecture: exactly the initial draw fit() starts from (seeded by
     derive_seed(cfg.train.seed, "init")), in eval mode, its batch norms at their initial statistics (mean 0,
@@ -331,13 +336,13 @@ def controlled_probes(checkpoints: Iterable[str | os.PathLike], parts: Mapping[s
     if len(geometry) > 1:
         raise ConfigError(f"the checkpoints crop differently ({sorted(geometry)}): the pixel baseline needs one "
                           "crop geometry")
-    ft, fs = (match_factors(factors, _relative_paths(parts[s])) for s in ("train", "test"))
+    ft, fs = (match_factors(factors, _paths(parts[s])) for s in ("train", "test"))
     for kind in pixels:
         xtr, xte = pixel_features(parts["train"], cfg, kind), pixel_features(parts["test"], cfg, kind)
         rows += [{"source": f"pixels: {kind}", "level": NO_LEVEL, "cue": n, "seed": pd.NA,
                   "accuracy": linear_probe(xtr, ft[n].to_numpy(), xte, fs[n].to_numpy(), C)} for n in names]
     rows += [{"source": MAJORITY, "level": NO_LEVEL, "cue": n, "seed": pd.NA, "accuracy": float(a)}
-             for n, a in majority_rate(factors, _relative_paths(parts["test"]), names).items()]
+             for n, a in majority_rate(factors, _paths(parts["test"]), names).items()]
     df = pd.DataFrame(rows, columns=["source", "level", "cue", "seed", "accuracy"])
     return df.astype({"seed": "Int64"})
 

@@ -139,6 +139,18 @@ class StageStep(nn.Module):
         return self.model(x) if self.heads is None else self.model.extract(x, self.heads)
 
 
+def optimizer_step(optimizers: list[torch.optim.Optimizer], loss: torch.Tensor, what: str = "the loss") -> None:
+    """One step of every optimiser on `loss`; a loss that is not finite stops training (TrainingError) before it
+    reaches the weights."""
+    if not torch.isfinite(loss):
+        raise TrainingError(f"{what} became {float(loss.detach())}")
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+
+
 def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, optimizers: list[torch.optim.Optimizer],
                     cfg: Config, device: torch.device, bar=None, step: nn.Module | None = None,
                     dist: Dist | None = None) -> dict[str, float]:
@@ -168,13 +180,7 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
                     loss = loss + lk
                     for name, val in pk.items():
                         parts[name] = parts.get(name, 0.0) + val
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the loss became {float(loss.detach())}")
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
+        optimizer_step(optimizers, loss)
         b = y.shape[0]
         n_seen += b
         correct += int((logits.argmax(1) == y).sum())
@@ -238,15 +244,13 @@ def prepare_data(cfg: Config, data: str | os.PathLike | None, run: RunFolder, sp
 
 def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, resume: bool = False,
         split_csv: str | os.PathLike | None = None, progress: bool = True, init_from: str | os.PathLike | None = None,
-        stop_after_epochs: int | None = None, until: str | None = None,
-        init_stages: list[str] | None = None) -> dict[str, Any]:
+        until: str | None = None, init_stages: list[str] | None = None) -> dict[str, Any]:
     """Train `cfg.model.variant` stage by stage into the run folder `out`; return its metrics.
 
     `init_from`: a finished run whose CNN weights (trunk, branches, main) start this run; its finished stages
     are skipped where the architectures agree (the shared CNN stages of Table 1's protocol and the ablation sweep);
     `init_stages` limits the copy to the CNN stages of these names (init_from_run). `until` stops after the stage
     of that name (e.g. "main": the CNN is trained, the fusion not yet; rerun with resume=True to go on).
-    `stop_after_epochs` stops after that many epochs in total (for tests of resuming).
 
     Started by torchrun (WORLD_SIZE > 1), every process trains with DistributedDataParallel on its share of the
     batches (emotionlib.distributed); rank 0 alone writes the run folder and evaluates, and every rank returns
@@ -255,7 +259,7 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     dist = distributed.init(cfg.train.device)
     try:
         return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv, progress=progress and dist.is_main,
-                    init_from=init_from, stop_after_epochs=stop_after_epochs, until=until, init_stages=init_stages)
+                    init_from=init_from, until=until, init_stages=init_stages)
     finally:
         dist.close()
 
@@ -295,7 +299,7 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
 
 
 def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progress: bool, init_from,
-         stop_after_epochs: int | None, until: str | None, init_stages: list[str] | None = None) -> dict[str, Any]:
+         until: str | None, init_stages: list[str] | None = None) -> dict[str, Any]:
     run, cfg, rd, (init_from, init_stages), complete = dist.on_main(
         lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size, init_stages))
     if complete is not None:
@@ -327,7 +331,6 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     train_loader_cache: dict[str, DataLoader] = {}
     # validation and the final evaluation run on rank 0 alone, while the other ranks wait at a barrier
     val_loader = make_loader(rd.val, classes, cfg, train=False) if rd.val.samples and dist.is_main else None
-    epochs_run = 0
     for si, stage in enumerate(stages):
         n_epochs = stage_epochs(stage, cfg)
         if si < start_stage or stage.name in done_stages:
@@ -385,10 +388,6 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
                                            "schedulers": [s.state_dict() for s in schedulers],
                                            "done_stages": sorted(done_stages), "config": cfg.to_dict()})
             dist.barrier()
-            epochs_run += 1
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
-                bar.close()
-                return {"stopped_after_epochs": epochs_run}
         bar.close()
         dist.check_in_sync(model, device)
         done_stages.add(stage.name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from emotionlib import runner
+from emotionlib import pipeline
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if re.fullmatch(r"\d\d_[A-Za-z0-9_-]+\.ipynb", p.name))
@@ -62,7 +62,7 @@ def test_no_paths_of_the_machine(path):
 
 @pytest.mark.parametrize("path", PATHS, ids=ids(PATHS))
 def test_one_parameters_cell_with_the_pipeline_defaults(path):
-    declared = runner.declared_parameters(path)  # raises unless exactly one cell is tagged `parameters`
+    declared = pipeline.declared_parameters(path)  # raises unless exactly one cell is tagged `parameters`
     assert {k: declared.get(k) for k in DEFAULTS} == DEFAULTS
     nb = load(path)
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]

@@ -159,12 +159,16 @@ def test_sigkill_in_the_middle_of_a_stage_then_resume_gives_the_same_metrics(dat
 # --- damaged files -----------------------------------------------------------------------------------------
 
 
-def test_a_corrupt_checkpoint_is_named_never_a_silent_restart(data, tmp_path):
+def test_a_corrupt_checkpoint_is_named_never_a_silent_restart(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
+    from conftest import Killed, kill_after_epochs
+
     from emotionlib.config import get_config
     from emotionlib.train import fit
 
-    fit(get_config("tiny"), data, out, progress=False, stop_after_epochs=2)
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        kill_after_epochs(m, 2)
+        fit(get_config("tiny"), data, out, progress=False)
     last = out / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:100])
     before = (out / "summary.csv").read_text()

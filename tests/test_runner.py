@@ -9,7 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from emotionlib import cli, runner
+from emotionlib import cli
+from emotionlib import pipeline as runner  # the papermill pipeline (emotionlib.runner re-exports it for the notebooks)
 from emotionlib.errors import ConfigError
 
 KERNEL = "python3"  # the venv's own kernel: these tests must not need `make setup`
