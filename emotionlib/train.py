@@ -300,89 +300,42 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
 
 def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progress: bool, init_from,
          until: str | None, init_stages: list[str] | None = None) -> dict[str, Any]:
+    """Sec. 4.1's schedule as a loop over named steps: open the run, build the model, restore a checkpoint, then
+    per stage its optimisers, its loader and its epochs, each epoch validated and checkpointed."""
     run, cfg, rd, (init_from, init_stages), complete = dist.on_main(
         lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size, init_stages))
     if complete is not None:
         return complete
     set_deterministic(cfg.train.deterministic)
     device = dist.device(cfg.train.device)
-    classes = rd.index.classes
-    torch.manual_seed(derive_seed(cfg.train.seed, "init"))
-    model = UnifiedCNNRNN(cfg.model).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    stages = all_stages(model, cfg)
-    frozen: set[str] = set()
-    if init_from is not None:  # resuming overwrites the weights just below
-        frozen = init_from_run(model, Path(init_from), stages, init_stages)
-    done_stages = {st.name for st in stages if st.name != "fusion" and
-                   all(n in frozen for n, _ in model.stage_modules(st))}
-
-    start_stage, start_epoch = 0, 0
-    state = None
-    if run.last.exists():
-        state = load_checkpoint(run.last, device)
-        load_model_state(model, state["model"], run.last)
-        start_stage, start_epoch = state["stage"], state["epoch"]
-        if dist.is_main:
-            run.truncate_summary([st.name for st in stages], start_stage, start_epoch)
+    model, stages, frozen, done_stages = _build_model(cfg, device, init_from, init_stages)
+    state = _restore(run, model, stages, device, dist)
+    start_stage, start_epoch = (state["stage"], state["epoch"]) if state is not None else (0, 0)
+    if state is not None:
         done_stages |= set(state.get("done_stages", []))
-
-    train_loader_cache: dict[str, DataLoader] = {}
+    loaders: dict[str, DataLoader] = {}
     # validation and the final evaluation run on rank 0 alone, while the other ranks wait at a barrier
-    val_loader = make_loader(rd.val, classes, cfg, train=False) if rd.val.samples and dist.is_main else None
+    val_loader = make_loader(rd.val, rd.index.classes, cfg, train=False) if rd.val.samples and dist.is_main else None
     for si, stage in enumerate(stages):
-        n_epochs = stage_epochs(stage, cfg)
         if si < start_stage or stage.name in done_stages:
             if stage.name == until:
                 return {"stopped_after_stage": until}
             continue
-        optimizers, modules = make_optimizers(model, stage, cfg, frozen)
-        schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.train.lr_step, cfg.train.lr_gamma) for o in optimizers]
         first_epoch = start_epoch if si == start_stage else 0
-        if state is not None and si == start_stage and first_epoch > 0:
-            for o, s in zip(optimizers, state["optimizers"]):
-                o.load_state_dict(s)
-            for sch, s in zip(schedulers, state["schedulers"]):
-                sch.load_state_dict(s)
-        kind = "fusion" if stage.name == "fusion" else "pairs"
-        if kind not in train_loader_cache:
-            targets, n_ranks, rank = rd.train.targets, dist.world_size, dist.rank
-            sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed, n_ranks, rank)
-                       if kind == "fusion" else
-                       PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed, n_ranks,
-                                        rank))
-            train_loader_cache[kind] = make_loader(rd.train, classes, cfg, train=True, batch_sampler=sampler)
-        loader = train_loader_cache[kind]
-        # A fresh DDP per stage: each stage trains other parameters, and DDP fixes its set when it is built. In the
-        # fusion stage the branch classifiers (Eq. 1) are outside Eq. 11's loss, so DDP must look for unused ones.
-        set_trainable(model, modules)
-        step = dist.wrap(StageStep(model, stage), find_unused_parameters=stage.name == "fusion" and len(modules) > 1)
-        if cfg.train.compile:
-            step = torch.compile(step)
+        optimizers, schedulers, modules = _stage_optimizers(model, stage, cfg, frozen,
+                                                            state if si == start_stage and first_epoch > 0 else None)
+        loader = _train_loader(loaders, stage, rd, cfg, dist)
+        step = _stage_step(model, stage, modules, cfg, dist)
+        n_epochs = stage_epochs(stage, cfg)
         bar = progress_bar(total=(n_epochs - first_epoch) * len(loader), desc=f"{stage.name:>16}", enabled=progress)
         for epoch in range(first_epoch, n_epochs):
-            set_trainable(model, modules)
-            epoch_seed = derive_seed(cfg.train.seed, si, epoch, *(("rank", dist.rank) if dist.rank else ()))
-            torch.manual_seed(epoch_seed)  # dropout: a resumed epoch draws what an uninterrupted one draws
-            loader.batch_sampler.set_epoch(derive_seed(si, epoch))
-            loader.dataset.set_epoch(derive_seed(si, epoch))
-            try:
-                row = train_one_epoch(model, stage, loader, optimizers, cfg, device, bar, step, dist)
-            except TrainingError as e:
-                raise TrainingError(f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
-                                    f"{run.last if run.last.exists() else 'none'}") from None
+            row = _run_epoch(model, stage, si, epoch, modules, loader, optimizers, cfg, device, bar, step, dist, run)
             lr = optimizers[0].param_groups[0]["lr"]
             for sch in schedulers:
                 sch.step()  # staircase: x lr_gamma every lr_step epochs (Sec. 4.1)
             if dist.is_main:
-                val_acc = float("nan")
-                if val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
-                    head = None if stage.name == "fusion" else stage.heads[-1]  # fusion: the variant's output
-                    p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp,
-                                            centre_only=cfg.train.val_crops == "centre")
-                    val_acc = accuracy(p, y)
-                run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row, "val_acc": val_acc})
+                row["val_acc"] = _validate(model, stage, epoch, n_epochs, val_loader, cfg, device)
+                run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row})
                 save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
                                            "optimizers": [o.state_dict() for o in optimizers],
                                            "schedulers": [s.state_dict() for s in schedulers],
@@ -392,15 +345,104 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
         dist.check_in_sync(model, device)
         done_stages.add(stage.name)
         if dist.is_main:
-            save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt",
-                            {"model": model.state_dict(), "config": cfg.to_dict()})
-            save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
-                                       "schedulers": [], "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+            _save_stage(run, model, cfg, si, stage, done_stages)
         dist.barrier()
         state = None
         if stage.name == until:
             return {"stopped_after_stage": until}
     return dist.on_main(lambda: finish(model, cfg, rd, run, device))
+
+
+def _build_model(cfg: Config, device: torch.device, init_from, init_stages) -> tuple[UnifiedCNNRNN, list[Stage],
+                                                                                       set[str], set[str]]:
+    """The seeded model, its stages, the modules copied frozen from `init_from` and the CNN stages that leaves
+    with nothing to train."""
+    torch.manual_seed(derive_seed(cfg.train.seed, "init"))
+    model = UnifiedCNNRNN(cfg.model).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    stages = all_stages(model, cfg)
+    frozen: set[str] = set()
+    if init_from is not None:  # resuming overwrites the weights just below
+        frozen = init_from_run(model, Path(init_from), stages, init_stages)
+    done = {st.name for st in stages if st.name != "fusion" and all(n in frozen for n, _ in model.stage_modules(st))}
+    return model, stages, frozen, done
+
+
+def _restore(run: RunFolder, model: UnifiedCNNRNN, stages: list[Stage], device: torch.device,
+             dist: Dist) -> dict[str, Any] | None:
+    """last.pt into the model (--resume), and summary.csv cut back to it; None for a fresh run."""
+    if not run.last.exists():
+        return None
+    state = load_checkpoint(run.last, device)
+    load_model_state(model, state["model"], run.last)
+    if dist.is_main:
+        run.truncate_summary([st.name for st in stages], state["stage"], state["epoch"])
+    return state
+
+
+def _stage_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config, frozen: set[str],
+                      state: dict[str, Any] | None):
+    """(optimisers, staircase schedulers, modules trained) of one stage, restored from `state` mid-stage."""
+    optimizers, modules = make_optimizers(model, stage, cfg, frozen)
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.train.lr_step, cfg.train.lr_gamma) for o in optimizers]
+    if state is not None:
+        for o, s in zip(optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(schedulers, state["schedulers"]):
+            sch.load_state_dict(s)
+    return optimizers, schedulers, modules
+
+
+def _train_loader(cache: dict[str, DataLoader], stage: Stage, rd: RunData, cfg: Config, dist: Dist) -> DataLoader:
+    """Pairs for the CNN stages (Eq. 3-5), shuffled batches for the fusion stage; one loader of each kind per run."""
+    kind = "fusion" if stage.name == "fusion" else "pairs"
+    if kind not in cache:
+        targets, n_ranks, rank = rd.train.targets, dist.world_size, dist.rank
+        sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed, n_ranks, rank)
+                   if kind == "fusion" else
+                   PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed, n_ranks,
+                                    rank))
+        cache[kind] = make_loader(rd.train, rd.index.classes, cfg, train=True, batch_sampler=sampler)
+    return cache[kind]
+
+
+def _stage_step(model: UnifiedCNNRNN, stage: Stage, modules: list[nn.Module], cfg: Config, dist: Dist) -> nn.Module:
+    """A fresh DDP per stage: each stage trains other parameters, and DDP fixes its set when it is built. In the
+    fusion stage the branch classifiers (Eq. 1) are outside Eq. 11's loss, so DDP must look for unused ones."""
+    set_trainable(model, modules)
+    step = dist.wrap(StageStep(model, stage), find_unused_parameters=stage.name == "fusion" and len(modules) > 1)
+    return torch.compile(step) if cfg.train.compile else step
+
+
+def _run_epoch(model, stage, si, epoch, modules, loader, optimizers, cfg, device, bar, step, dist,
+               run: RunFolder) -> dict[str, Any]:
+    """One seeded epoch: a resumed epoch draws what an uninterrupted one draws."""
+    set_trainable(model, modules)
+    torch.manual_seed(derive_seed(cfg.train.seed, si, epoch, *(("rank", dist.rank) if dist.rank else ())))  # dropout
+    loader.batch_sampler.set_epoch(derive_seed(si, epoch))
+    loader.dataset.set_epoch(derive_seed(si, epoch))
+    try:
+        return train_one_epoch(model, stage, loader, optimizers, cfg, device, bar, step, dist)
+    except TrainingError as e:
+        raise TrainingError(f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
+                            f"{run.last if run.last.exists() else 'none'}") from None
+
+
+def _validate(model, stage: Stage, epoch: int, n_epochs: int, val_loader, cfg: Config, device) -> float:
+    """Validation accuracy every `train.eval_every` epochs and at the stage's end (NaN otherwise): the stage's
+    newest head for a CNN stage, the variant's output for the fusion stage."""
+    if val_loader is None or not ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
+        return float("nan")
+    head = None if stage.name == "fusion" else stage.heads[-1]
+    p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp, centre_only=cfg.train.val_crops == "centre")
+    return accuracy(p, y)
+
+
+def _save_stage(run: RunFolder, model: UnifiedCNNRNN, cfg: Config, si: int, stage: Stage, done: set[str]) -> None:
+    save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt", {"model": model.state_dict(), "config": cfg.to_dict()})
+    save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
+                               "schedulers": [], "done_stages": sorted(done), "config": cfg.to_dict()})
 
 
 def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
