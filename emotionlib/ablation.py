@@ -138,8 +138,8 @@ def extract_features(model: UnifiedCNNRNN, index_part: DatasetIndex, cfg: Config
 
 def _folded_trunk(trunk: nn.Module, channels_last: bool) -> nn.Module:
     """A copy of the trunk with each batch norm folded into the convolution before it, for inference only: the
-    same function up to float rounding (about 1e-6), and a quarter less time per crop on the CPU at 96 px, where
-    eval-mode batch norm was 23 % of the trunk's forward pass."""
+    same function up to float rounding (about 1e-6), without eval-mode batch norm's own pass over every map
+    (docs/performance.md)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = copy.deepcopy(trunk).eval()
@@ -215,8 +215,8 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
 
 @contextmanager
 def _one_thread(device: torch.device):
-    """A head's matrices are tiny: on a CPU, intra-op threads only add synchronisation, which on a shared machine
-    made head training 25x slower (92 s instead of 3.4 s for the smoke GRU). One thread while inside."""
+    """A head's matrices are tiny: on a CPU, intra-op threads only add synchronisation (docs/performance.md). One
+    thread while inside."""
     if device.type != "cpu":
         yield
         return
@@ -427,7 +427,7 @@ def _finished(folder: Path, base: "BaseRun") -> dict[str, Any] | None:
     return None
 
 
-def _fit(vcfg: Config, data_dir, out: Path, base: BaseRun, progress: bool, until: str | None, init: bool) -> dict:
+def _fit_variant(vcfg: Config, data_dir, out: Path, base: BaseRun, progress: bool, until: str | None, init: bool) -> dict:
     from .train import fit
 
     return fit(vcfg, data_dir, out, resume=True, split_csv=base.split_csv, progress=progress,
@@ -479,7 +479,7 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
                 cnns["base"] = (load_cnn(base.stage_main)[0], out / "features")
         elif v not in cnns:
             t0 = time.perf_counter()
-            _fit(vcfg[v], data_dir, out / v / "cnn", base, progress, until="main", init=True)
+            _fit_variant(vcfg[v], data_dir, out / v / "cnn", base, progress, until="main", init=True)
             cnns[v] = (load_cnn(out / v / "cnn" / "checkpoints" / "stage-main.pt")[0], out / v / "features")
             seconds[v] = time.perf_counter() - t0
     # 2. their features: one pass over the images, the shared trunk run once per batch
@@ -514,7 +514,7 @@ def _run_variant(variant: str, base: BaseRun, data_dir: Path, folder: Path, vcfg
     fusion, n_branches = parse_variant(variant)
     if fusion == "softmax":
         # no branches, so nothing to share: trunk and main FC trained end to end in one stage
-        r = _fit(vcfg, data_dir, folder / "run", base, progress, until=None, init=False)
+        r = _fit_variant(vcfg, data_dir, folder / "run", base, progress, until=None, init=False)
         m = {k: r[k] for k in ("test_accuracy", "val_accuracy", "mean_tpr", "per_class_tpr", "confusion", "n_test")}
         trained = "end to end (trunk + main FC, one stage)"
     else:
@@ -580,7 +580,8 @@ def compare_claims(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # Fig. 6 lives in figures.py (the plots) and evaluate.py (top_confusions); notebook 05 reads it from here.
-from .figures import paper_confusions, plot_confusions, plot_sweep, tpr_table  # noqa: E402
+from .figures import fig6_tpr_table as tpr_table  # noqa: E402
+from .figures import paper_confusions, plot_confusions, plot_sweep  # noqa: E402
 from .evaluate import top_confusions  # noqa: E402
 
 __all__ = ["SWEEP_VARIANTS", "VIEWS", "split_views", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",

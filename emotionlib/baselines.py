@@ -47,9 +47,9 @@ from .utils import progress_bar, read_json, resolve_device, write_json
 #: The file names torchvision gives its ImageNet weights in its cache (torch.hub.get_dir()/checkpoints).
 TORCHVISION_FILES = {"alexnet": ("alexnet-owt-7be5be79.pth",),
                      "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth")}
-#: (ours) the smoke profile's CPU budget for the two ImageNet networks: (input side, epochs). ResNet-101 costs
-#: about 5 GFLOP per 96-px training crop, minutes per epoch on two cores; other profiles use their crop and
-#: stage_epochs.
+#: (ours) the smoke profile's CPU budget for the two ImageNet networks: (input side, epochs), because ResNet-101
+#: at the smoke crop size takes minutes per epoch on a CPU (docs/performance.md); other profiles use their crop
+#: and stage_epochs.
 SMOKE_BUDGET = {"alexnet-svm": (64, 2), "resnet101": (64, 1)}
 ALEXNET_MIN_INPUT = 64  # below 63 px AlexNet's third pooling layer has nothing left to pool
 

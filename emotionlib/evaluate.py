@@ -82,8 +82,8 @@ def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dic
 #: Index of the centre crop among the five test crops (torchvision's FiveCrop order: four corners, then the centre).
 CENTRE_CROP = 4
 
-#: crops per forward pass on the CPU: 16-crop chunks of a 96-px batch ran 2x faster than 160 crops at once (their
-#: activations stay in cache); a GPU takes the whole batch.
+#: crops per forward pass on the CPU, small enough for their activations to stay in cache (docs/performance.md); a
+#: GPU takes the whole batch.
 CPU_CHUNK = 16
 
 

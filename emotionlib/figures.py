@@ -382,7 +382,7 @@ def plot_confusions(confusion, classes: Sequence[str], run_label: str):
     return fig
 
 
-def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.DataFrame:
+def fig6_tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.DataFrame:
     """True-positive rate per class (the confusion diagonal): this run beside the paper's two, by class name.
     A class of the run that FI lacks gets NaN in the paper's columns, and the other way round."""
     run = dict(metrics["per_class_tpr"])
