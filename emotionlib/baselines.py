@@ -35,7 +35,7 @@ from sklearn.svm import LinearSVC
 from torch import nn
 
 from . import __version__
-from .config import Config, validate
+from .config import PROFILE_SETTINGS, Config, validate
 from .data import DatasetIndex, load_image
 from .errors import CheckpointError, ConfigError, RunFolderError
 from .evaluate import accuracy, summarise_predictions
@@ -47,10 +47,6 @@ from .utils import progress_bar, read_json, resolve_device, write_json
 #: The file names torchvision gives its ImageNet weights in its cache (torch.hub.get_dir()/checkpoints).
 TORCHVISION_FILES = {"alexnet": ("alexnet-owt-7be5be79.pth",),
                      "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth")}
-#: (ours) the smoke profile's CPU budget for the two ImageNet networks: (input side, epochs), because ResNet-101
-#: at the smoke crop size takes minutes per epoch on a CPU (docs/performance.md); other profiles use their crop
-#: and stage_epochs.
-SMOKE_BUDGET = {"alexnet-svm": (64, 2), "resnet101": (64, 1)}
 ALEXNET_MIN_INPUT = 64  # below 63 px AlexNet's third pooling layer has nothing left to pool
 
 
@@ -346,12 +342,19 @@ def load_weights(net: nn.Module, path: str | os.PathLike, arch: str) -> None:
 
 
 def cnn_input_size(name: str, cfg: Config) -> int:
-    side = SMOKE_BUDGET[name][0] if cfg.profile == "smoke" else cfg.data.crop
+    side = _budget(name, cfg)[0]
     return max(side, ALEXNET_MIN_INPUT) if name == "alexnet-svm" else side
 
 
 def cnn_epochs(name: str, cfg: Config) -> int:
-    return SMOKE_BUDGET[name][1] if cfg.profile == "smoke" else cfg.train.stage_epochs
+    return _budget(name, cfg)[1]
+
+
+def _budget(name: str, cfg: Config) -> tuple[int, int]:
+    """(input side, epochs) of an ImageNet baseline: the profile's baseline_budget (config.PROFILE_SETTINGS), else
+    the profile's crop and train.stage_epochs."""
+    budget = PROFILE_SETTINGS.get(cfg.profile, {}).get("baseline_budget", {})
+    return budget.get(name, (cfg.data.crop, cfg.train.stage_epochs))
 
 
 def _fit_input(x: torch.Tensor, side: int) -> torch.Tensor:

@@ -6,15 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import PROFILE_SETTINGS
 from .pipeline import ensure_data
 
 
 
-#: The test accuracy each profile must beat for the notebooks to print True. nbval compares the boolean, not the
-#: float, so retuning a profile does not break the regression test as long as it stays above its floor. smoke:
-#: clearly above the 12.5 % of chance on the built-in data (one cue alone gives 25 %); paper: FI, Table 1's
-#: weakest baseline is 46.52 %.
-ACCURACY_FLOORS = {"smoke": 0.20, "tiny": 0.0, "paper": 0.50}
+#: The test accuracy each profile must beat for the notebooks to print True (config.PROFILE_SETTINGS).
+ACCURACY_FLOORS = {name: s["accuracy_floor"] for name, s in PROFILE_SETTINGS.items()}
 
 
 def pipeline_config(profile: str = "smoke", device: str = "auto", seed: int = 0, **overrides: Any):
@@ -23,7 +21,7 @@ def pipeline_config(profile: str = "smoke", device: str = "auto", seed: int = 0,
     from .config import get_config
 
     kw: dict[str, Any] = {"train.device": device, "train.seed": seed}
-    if profile != "paper":
+    if PROFILE_SETTINGS.get(profile, {}).get("deterministic_notebooks"):
         kw["train.deterministic"] = True
     return get_config(profile, **{**kw, **overrides})
 
