@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -582,9 +583,65 @@ def compare_claims(df: pd.DataFrame) -> pd.DataFrame:
 # Fig. 6 lives in figures.py (the plots) and evaluate.py (top_confusions); notebook 05 reads it from here.
 from .figures import fig6_tpr_table as tpr_table  # noqa: E402
 from .figures import paper_confusions, plot_confusions, plot_sweep  # noqa: E402
-from .evaluate import top_confusions  # noqa: E402
+from .evaluate import cue_errors, top_confusions  # noqa: E402
+
+# ----------------------------------------------------------------------------- inside the trained Bi-GRU (Sec. 3.3)
+
+
+def _head_accuracy(head, V: torch.Tensor, targets: torch.Tensor) -> float:
+    n, views, t, d = V.shape
+    with torch.no_grad():
+        probs = mean_softmax(head(V.reshape(n * views, t, d)), n, views)
+    return 100 * accuracy(probs.numpy(), targets.numpy())
+
+
+def zeroed_steps(model: UnifiedCNNRNN, feats: Features) -> pd.DataFrame:
+    """The accuracy (%) of a trained recurrent head with each V_t of the sequence set to zero at test time (the
+    CNN and the head unchanged, class probabilities averaged over the views): how much the fusion depends on
+    each level. The first row zeroes nothing."""
+    if model.cfg.fusion in ("softmax", "ensemble"):
+        raise ConfigError(f"variant {model.cfg.variant!r} has no fusion head over V_1..V_T")
+    head = model.head.eval()
+    V = feats.V.float()
+    rows = [{"zeroed": "none", "test accuracy (%)": _head_accuracy(head, V, feats.targets)}]
+    for t, key in enumerate(feats.keys):
+        masked = V.clone()
+        masked[:, :, t] = 0
+        rows.append({"zeroed": f"V_{t + 1} ({key})", "test accuracy (%)": _head_accuracy(head, masked, feats.targets)})
+    df = pd.DataFrame(rows)
+    df["drop (points)"] = df["test accuracy (%)"].iloc[0] - df["test accuracy (%)"]
+    return df.round(2)
+
+
+def update_gates(model: UnifiedCNNRNN, feats: Features) -> pd.DataFrame:
+    """The mean update gate z_t of Eq. 7 at each V_t, per direction, over images, views and hidden units, for
+    the paper's GRU cell (model.rnn_cell = "paper"). z near 1 keeps the state from the steps before (V_t barely
+    enters, Eq. 9); z near 0 replaces it with the candidate computed from V_t. The backward direction reads
+    V_T first; its row is the V_t it reads."""
+    rnn = getattr(getattr(model, "head", None), "rnn", None)
+    from .model import PaperGRU
+
+    if not isinstance(rnn, PaperGRU):
+        raise ConfigError("update gates need the paper's GRU cell (a gru/bigru variant with model.rnn_cell='paper')")
+    n, views, T, d = feats.V.shape
+    seq = feats.V.float().reshape(n * views, T, d)
+    out = {}
+    with torch.no_grad():
+        for name, cell, order in (("forward", rnn.fwd, range(T)), ("backward", rnn.bwd, range(T - 1, -1, -1))):
+            if cell is None:
+                continue
+            h = seq.new_zeros(seq.shape[0], cell.hidden_size)
+            z_mean = [math.nan] * T
+            for t in order:
+                _, vz, _ = cell.W_v(seq[:, t]).chunk(3, dim=1)
+                z_mean[t] = float(torch.sigmoid(vz + cell.W_hz(h)).mean())  # Eq. 7
+                h = cell(seq[:, t], h)
+            out[f"{name}: mean z_t"] = z_mean
+    return pd.DataFrame(out, index=pd.Index([f"V_{t + 1} ({k})" for t, k in enumerate(feats.keys)], name="step")).round(3)
+
 
 __all__ = ["SWEEP_VARIANTS", "VIEWS", "split_views", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
            "extract_shared", "cnn_digest", "make_head", "train_head", "evaluate_head", "ensemble_probs", "head_probs",
            "BaseRun", "load_cnn", "shared_features", "run_sweep", "row_label", "compare_claims", "plot_sweep",
-           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table"]
+           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table", "cue_errors",
+           "zeroed_steps", "update_gates"]

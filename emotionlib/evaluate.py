@@ -21,10 +21,35 @@ def confusion_matrix(targets, preds, num_classes: int, normalize: bool = True) -
     """Rows are true classes, columns predictions; `normalize` divides each row by its count (Fig. 6)."""
     cm = np.zeros((num_classes, num_classes), dtype=np.float64)
     np.add.at(cm, (np.asarray(targets, dtype=int), np.asarray(preds, dtype=int)), 1)
-    if normalize:
-        rows = cm.sum(axis=1, keepdims=True)
-        cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    return cm
+    return row_normalise(cm) if normalize else cm
+
+
+def row_normalise(confusion) -> np.ndarray:
+    """Each row of a confusion matrix divided by its sum (Fig. 6's rows sum to one); an empty row stays zero."""
+    cm = np.array(confusion, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+
+
+def cue_errors(confusion, classes, factors=None):
+    """For data whose classes are combinations of cues (the built-in data: synth.CLASS_FACTORS), the share of a
+    model's errors that get each cue wrong: the off-diagonal mass of the row-normalised confusion, each row
+    weighted equally, whose predicted class differs from the true one in that cue. A cue the model reads well
+    is rarely wrong in its errors; an error can get several cues wrong, so the shares need not sum to one."""
+    import pandas as pd
+
+    from .synth import CLASS_FACTORS
+
+    factors = CLASS_FACTORS if factors is None else factors
+    cm = row_normalise(confusion)
+    np.fill_diagonal(cm, 0)
+    total = cm.sum()
+    cues = list(next(iter(factors.values())))
+    out = {}
+    for cue in cues:
+        differs = np.array([[factors[a][cue] != factors[b][cue] for b in classes] for a in classes])
+        out[cue] = float((cm * differs).sum() / total) if total > 0 else float("nan")
+    return pd.Series(out, name="share of errors with this cue wrong")
 
 
 def per_class_tpr(targets, preds, num_classes: int) -> np.ndarray:

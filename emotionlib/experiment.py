@@ -365,6 +365,150 @@ def label_ceiling(run_dir: str | os.PathLike) -> float | None:
     return round(100 * float((f["label"] == f["true_label"]).mean()), 2)
 
 
+# ----------------------------------------------------------------------------- the report's verdicts
+
+#: The report's vocabulary (notebook 08): a claims.csv "holds" is reported as "supported".
+REPORT_VERDICTS = ("supported", "contradicted", "undecided", "not testable on this data")
+#: The paper's claim behind each item the report decides, in the paper's words where it has them.
+PAPER_CLAIMS = {
+    "Table 1": "CNN+5 Branches+Bi-GRU is the best of the paper's variants (73.03 % on FI), and every comparison "
+               "of Sec. 4.3 goes its way (branches help, learned fusion beats the ensemble, bidirectional beats "
+               "unidirectional, GRU beats LSTM, 5 branches beat 4 and match 6)",
+    "Fig. 3": "'as the layers go deeper, the receptive fields with top activation are becoming more semantically "
+              "meaningful' (Sec. 3.1): deep branches carry higher-level cues than shallow ones",
+    "Fig. 6": "'a more balanced performance, especially for some negative emotions, such as anger and fear' "
+              "(Sec. 4.3): the Bi-GRU raises the rare, hard classes of FI above a multi-level model without RNN",
+    "Fig. 7": "on ArtPhoto 'our model is better on average than other methods' (Sec. 4.4): the pre-trained model's "
+              "mean true-positive rate beats the baselines",
+}
+#: Fig. 6's point needs an imbalanced training set: below this ratio of the largest to the smallest class it is
+#: reported as not testable (FI's is about 5: anger and fear are about 5 % of it each).
+IMBALANCE_RATIO = 1.5
+
+
+def report_verdict(claims_verdict: str) -> str:
+    """A claims.csv verdict in the report's vocabulary: holds -> supported; contradicted and undecided unchanged."""
+    if claims_verdict not in VERDICTS:
+        raise ConfigError(f"verdict {claims_verdict!r}: use one of {VERDICTS}")
+    return "supported" if claims_verdict == "holds" else claims_verdict
+
+
+def _interval_text(mean: float, low: float, high: float, unit: str) -> str:
+    if math.isnan(low):
+        return f"{mean:+.2f} {unit} (one value: no interval)"
+    return f"{mean:+.2f} {unit}, 95 % interval [{low:+.2f}, {high:+.2f}]"
+
+
+def table1_verdict(claims) -> dict:
+    """Table 1's headline from claims.csv: supported when every comparison of the Bi-GRU row (bigru vs another
+    row) holds, contradicted when any is contradicted, else undecided; the evidence counts all verdicts."""
+    if claims is None or len(claims) == 0:
+        return {"evidence": "no claims.csv: notebook 04 did not run", "verdict": "not testable on this data"}
+    own = claims[claims["comparison"].str.startswith(f"{REFERENCE} vs ")]
+    counts = claims["verdict"].value_counts()
+    evidence = (f"{len(claims)} paired comparisons over {int(claims['n_seeds'].max())} seeds: "
+                + ", ".join(f"{counts.get(v, 0)} {report_verdict(v)}" for v in VERDICTS))
+    contra = list(claims.loc[claims["verdict"] == "contradicted", "comparison"])
+    if contra:
+        evidence += f" (contradicted: {', '.join(contra)})"
+    if len(own) and (own["verdict"] == "holds").all():
+        v = "supported"
+    elif (own["verdict"] == "contradicted").any():
+        v = "contradicted"
+    else:
+        v = "undecided"
+    return {"evidence": evidence, "verdict": v}
+
+
+def fig3_verdict(probe, cue: str = "shape") -> dict:
+    """Fig. 3's claim as a measurement: per seed, the training gain (trained probe minus its own random-init
+    control) on the high-level cue at the deepest pooling branch minus the same at pool1's; its t-interval over
+    seeds gives the verdict. Data that records no cues per image (FI) cannot test it."""
+    if probe is None or len(probe) == 0:
+        return {"evidence": "no cues recorded per image (no probe_accuracy.csv): only Fig. 3's pictures",
+                "verdict": "not testable on this data"}
+    g = probe[probe["cue"] == cue].pivot_table(index=["level", "seed"], columns="source", values="accuracy")
+    g = (g["trained"] - g["random init"]).unstack("level")
+    levels = [lv for lv in g.columns if "pool" in lv]
+    if len(levels) < 2:
+        return {"evidence": f"fewer than two pooling levels probed for {cue}", "verdict": "not testable on this data"}
+    levels.sort(key=lambda lv: int(lv.split("pool")[1].rstrip(")")))
+    deep, shallow = levels[-1], levels[0]
+    d = 100 * (g[deep] - g[shallow]).dropna()
+    mean, _, low, high = mean_interval(d)
+    v = report_verdict(verdict(low, high, "better"))
+    return {"evidence": f"{cue} cue, training gain of {deep.split()[0]} minus {shallow.split()[0]}: "
+                        + _interval_text(mean, low, high, "points") + f" ({len(d)} seeds)", "verdict": v}
+
+
+def fig6_verdict(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1, rival: str = "ensemble") -> dict:
+    """Fig. 6's claim: the Bi-GRU's worst-class true-positive rate beats a multi-level model without an RNN (the
+    `rival` row, here the 5-branch ensemble; MldrNet itself has no code here), paired over the seeds trained by
+    the protocol. On a balanced training split (largest / smallest class < IMBALANCE_RATIO) there are no rare
+    classes for the claim to be about: not testable, the difference is shown for information only."""
+    import pandas as pd
+
+    from .utils import read_json
+
+    run_dir = Path(run_dir)
+    split = pd.read_csv(row_folder(run_dir, seed, REFERENCE, seed) / "split.csv")
+    counts = split[split["split"] == "train"]["label"].value_counts()
+    ratio = float(counts.max() / counts.min())
+    diffs = []
+    for k in range(seed, seed + seeds):
+        a, b = row_folder(run_dir, k, REFERENCE, seed) / "metrics.json", row_folder(run_dir, k, rival, seed) / "metrics.json"
+        if a.exists() and b.exists():
+            diffs.append(100 * (min(read_json(a)["per_class_tpr"].values()) - min(read_json(b)["per_class_tpr"].values())))
+    mean, _, low, high = mean_interval(diffs)
+    balance = f"training classes {counts.min()}-{counts.max()} images (ratio {ratio:.1f})"
+    shown = (f"worst-class TPR, {REFERENCE} minus {rival}: " + _interval_text(mean, low, high, "points")
+             + f" ({len(diffs)} seeds)") if diffs else f"no {rival} row trained"
+    if ratio < IMBALANCE_RATIO:
+        return {"evidence": f"balanced data, {balance}: no rare classes; for information, {shown}",
+                "verdict": "not testable on this data"}
+    if not diffs:
+        return {"evidence": f"{balance}; {shown}", "verdict": "not testable on this data"}
+    return {"evidence": f"{balance}; {shown}", "verdict": report_verdict(verdict(low, high, "better"))}
+
+
+def fig7_verdict(small_metrics: dict | None, metric: str = "ova_tpr") -> dict:
+    """Fig. 7's claim: per test fold, the pre-trained model's mean rate (over the classes) minus the best other
+    method's on that fold; the t-interval over the folds gives the verdict."""
+    if not small_metrics:
+        return {"evidence": "no small/metrics.json: notebook 07 did not run", "verdict": "not testable on this data"}
+    methods = small_metrics["methods"]
+    others = [m for m in methods if m != "ours"]
+    if "ours" not in methods or not others:
+        return {"evidence": "the small-dataset run has no baseline beside ours", "verdict": "not testable on this data"}
+    ours = np.asarray(methods["ours"][f"fold_mean_{metric}"])
+    best = np.max([methods[m][f"fold_mean_{metric}"] for m in others], axis=0)
+    mean, _, low, high = mean_interval(100 * (ours - best))
+    names = ", ".join(methods[m]["label"] for m in others)
+    return {"evidence": f"mean one-against-all TPR, ours minus the best of ({names}) per fold: "
+                        + _interval_text(mean, low, high, "points") + f" ({len(ours)} folds)",
+            "verdict": report_verdict(verdict(low, high, "better"))}
+
+
+def report_verdicts(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1):
+    """The report's page (notebook 08): one row per item (Table 1, Fig. 3, Fig. 6, Fig. 7) with the paper's
+    claim, this run's evidence and a verdict in REPORT_VERDICTS, read from the files the notebooks wrote."""
+    import pandas as pd
+
+    from .utils import read_json
+
+    run_dir = Path(run_dir)
+    claims = run_dir / "table1" / "claims.csv"
+    probe = run_dir / "tables" / "probe_accuracy.csv"
+    small = run_dir / "small" / "metrics.json"
+    rows = {"Table 1": table1_verdict(pd.read_csv(claims) if claims.exists() else None),
+            "Fig. 3": fig3_verdict(pd.read_csv(probe) if probe.exists() else None),
+            "Fig. 6": fig6_verdict(run_dir, seed, seeds),
+            "Fig. 7": fig7_verdict(read_json(small) if small.exists() else None)}
+    return pd.DataFrame([{"item": k, "paper's claim": PAPER_CLAIMS[k], "this run's evidence": r["evidence"],
+                          "verdict": r["verdict"]} for k, r in rows.items()])
+
+
 __all__ = ["PROTOCOL_VARIANTS", "REFERENCE", "CLAIMS", "VERDICTS", "EQUIVALENCE_MARGIN", "mean_interval",
            "t_quantile", "verdict", "shared_stages", "row_folder", "seed_cnns", "run_protocol", "run_table1", "protocol_of",
-           "summarise", "compare", "row_label", "label_ceiling"]
+           "summarise", "compare", "row_label", "label_ceiling", "REPORT_VERDICTS", "PAPER_CLAIMS",
+           "report_verdict", "table1_verdict", "fig3_verdict", "fig6_verdict", "fig7_verdict", "report_verdicts"]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import matplotlib
-
 from typing import Any, Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
+from .evaluate import row_normalise
 from .paper import CLASSES as PAPER_CLASSES
 from .paper import FIG6_MLDRNET, FIG6_OURS
 from .utils import atomic_path
@@ -191,7 +190,7 @@ def plot_accuracy(ours: dict[str, float], reference: dict[str, float] | None = N
     return fig
 
 
-def plot_changes(changes, title: str = "largest |change| of any weight in the stage"):
+def plot_changes(changes, title: str = "largest |change| of any parameter or batch-norm statistic in the stage"):
     """Heat map of stage_changes(): rows are training stages, columns modules; an exact 0 (frozen) shows white."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -262,8 +261,8 @@ def plot_table1(table, runs, run_label: str, chance: float | None = None, ceilin
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"test accuracy (%): mean, 95 % interval and each of {int(table['n_seeds'].max())} seeds")
     ax.set_title(run_label, fontsize=10)
-    if chance is not None or ceiling is not None:
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    if chance is not None or ceiling is not None:  # below the axis: inside it would cover the last rows' seeds
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize=8, frameon=False)
     paper = table["paper_FI_acc"].astype(float)
     has = paper.notna().to_numpy()
     axp.scatter(paper[has], y[has], marker="D", color="k", zorder=3)
@@ -369,15 +368,132 @@ def plot_confusions(confusion, classes: Sequence[str], run_label: str):
 
     panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
     panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
-    fig, axes = plt.subplots(1, 4, figsize=(19, 6.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
+    # 12.5 inches: a notebook shows it near its own size, so the 8-point numbers stay readable
+    fig, axes = plt.subplots(1, 4, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
     for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
-        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
+        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8},
                     square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
                     yticklabels=names, ax=ax)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true" if i == 0 else "")
-        ax.tick_params(axis="x", labelrotation=60)
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+
+
+def plot_confusion(confusion, classes, title: str, ax=None):
+    """One row-normalised confusion matrix (rows true, columns predicted) on the 0-1 scale of Fig. 6."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    cm = row_normalise(confusion)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 4.6))
+    sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8}, square=True,
+                xticklabels=list(classes), yticklabels=list(classes), ax=ax)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_architecture(cfg):
+    """The unified CNN-RNN of `cfg` (a Config: its model, crop and fine-tuning rate), drawn from the model itself:
+    left, the trunk's maps at every tap (channels x size, theoretical receptive field), each side branch's
+    1x1 convolution and FC_k, the main branch's FC_5 over concat(FC_1..FC_k, FC), and the fusion head over
+    V_1..V_T (Fig. 2, 5); right, what each training stage trains (Sec. 3.2, 4.1). Sizes follow the profile."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from matplotlib.patches import FancyBboxPatch
+
+    from .model import UnifiedCNNRNN, receptive_field, tap_stage
+
+    m = cfg.model
+    model = UnifiedCNNRNN(m).eval()
+    crop = cfg.data.crop
+    with torch.no_grad():
+        maps = model.trunk(torch.zeros(1, 3, crop, crop))
+        feats = model.extract(torch.zeros(1, 3, crop, crop))
+    fig, (ax, axs) = plt.subplots(1, 2, figsize=(13, 5.6), gridspec_kw={"width_ratios": [3.2, 1]})
+    ax.set_xlim(-0.6, 5.6)
+    ax.set_ylim(-0.6, 4.4)
+    ax.axis("off")
+
+    def box(x, y, text, colour, w=0.95, h=0.62):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02", fc=colour, ec="0.3"))
+        ax.text(x, y, text, ha="center", va="center", fontsize=7.5)
+
+    def arrow(a, b):
+        ax.annotate("", xy=b, xytext=a, arrowprops={"arrowstyle": "->", "color": "0.35", "lw": 0.9})
+
+    box(0, 3.8, f"input\n3 x {crop} x {crop}", "#eeeeee")
+    pools = [k for k in maps if k.startswith("pool")]
+    for i, p in enumerate(pools, start=1):
+        c, s = maps[p].shape[1], maps[p].shape[2]
+        r = receptive_field(m, p)[0]
+        box(i, 3.8, f"{p}\n{c} x {s} x {s}\nRF {r} px", "#dbe9f6")
+        arrow((i - 1 + 0.48, 3.8), (i - 0.48, 3.8))
+    side = [k for k in model.feature_keys if k != "main"]
+    n_at: dict[int, int] = {}
+    for t, (key, tap) in enumerate(zip(side, m.taps), start=1):
+        col = tap_stage(tap) + 1 if tap.startswith("pool") else 0.5
+        off = 0.22 * n_at.get(col, 0)
+        n_at[col] = n_at.get(col, 0) + 1
+        dim = feats[key][0].shape[1]
+        box(col + off, 2.5 - off, f"{key}: 1x1 conv {m.branch_channels}\nFC {m.branch_fc} -> FC_{t}\nV_{t}: {dim}",
+            "#fde2c8")
+        arrow((col, 3.8 - 0.32), (col + off, 2.5 - off + 0.32))
+    main_dim = feats["main"][0].shape[1]
+    box(5, 2.5, f"main: 1x1 conv {m.branch_channels}\nFC {m.main_fc}", "#fde2c8")
+    arrow((len(pools), 3.8 - 0.32), (5, 2.5 + 0.32))
+    if side:
+        box(4, 1.35, f"FC_5 over concat(FC_1..FC_{len(side)}, FC)\n"
+                     f"{len(side)} x {m.branch_feature} + {m.main_fc} -> V_{len(side) + 1}: {main_dim}",
+            "#f9c99b", w=1.9)
+        for col in sorted(n_at):
+            arrow((col, 2.5 - 0.32), (3.1, 1.35 + 0.1))
+        arrow((5, 2.5 - 0.32), (4.9, 1.35 + 0.2))
+    fusion = m.fusion
+    T = len(model.feature_keys)
+    if fusion in ("softmax", "ensemble"):
+        head = {"softmax": "softmax on the main branch", "ensemble": f"mean of the {T} classifiers' scores"}[fusion]
+    elif fusion in ("max", "avg"):
+        head = f"{fusion} over V_1..V_{T} -> FC -> softmax ({m.num_classes})"
+    else:
+        dirs = 2 if fusion.startswith("bi") else 1
+        head = (f"{'Bi-' if dirs == 2 else ''}{fusion.removeprefix('bi').upper()} over V_1..V_{T} "
+                f"(hidden {m.rnn_hidden}{', both directions' if dirs == 2 else ''})\n"
+                f"H: {dirs * m.rnn_hidden} -> dropout -> FC -> softmax ({m.num_classes})")
+    box(2.2, 0.0, head, "#d5ecd4", w=3.4, h=0.7)
+    arrow((3.4, 1.35 - 0.32) if side else (5, 2.5 - 0.32), (2.6, 0.36))
+    if side and fusion not in ("softmax",):
+        ax.text(0.3, 0.75, f"V_1..V_{len(side)}: the branches' FC_k\nV_{T}: FC_5", fontsize=7.5, color="0.3")
+    ax.set_title(f"{m.variant}, {cfg.profile} profile, {crop}-px crops (RF: theoretical receptive field)",
+                 fontsize=10)
+
+    # what each stage trains: stages x modules, filled where the stage trains the module
+    stages = model.cnn_stages()
+    cols = [f"trunk{i + 1}" for i in range(4)] + list(model.branches.keys()) + ["main", "head"]
+    grid = np.zeros((len(stages) + 1, len(cols)))
+    for r, st in enumerate(stages):
+        for s in st.trunk_stages:
+            grid[r, s] = 1
+        for h in st.heads:
+            grid[r, cols.index(h)] = 1
+    finetune = cfg.train.finetune_lr > 0
+    grid[-1, :] = 0.5 if finetune else 0
+    grid[-1, -1] = 1
+    axs.imshow(grid, cmap="Greens", vmin=0, vmax=1.2, aspect="auto")
+    axs.set_xticks(range(len(cols)), cols, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
+    axs.set_yticks(range(len(stages) + 1), [s.name for s in stages] + ["fusion"], fontsize=8)
+    axs.set_xticks(np.arange(-0.5, len(cols)), minor=True)
+    axs.set_yticks(np.arange(-0.5, len(stages) + 1), minor=True)
+    axs.grid(which="minor", color="w", lw=1)
+    axs.grid(which="major", visible=False)
+    axs.set_title("what each stage trains" + ("\n(fusion: head; CNN fine-tuned, pale)" if finetune else ""),
+                  fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -397,3 +513,22 @@ def fig6_tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> p
     for name, row in stats.items():
         df.loc[name] = row
     return df.round(3)
+
+
+def plot_counts_beside(counts: dict, reference: dict, title: str, reference_title: str):
+    """Images per class of this data and of a reference (e.g. FI's published counts), each in its own labelled
+    panel with its own axis: the two are never drawn on one scale. The share of each class is printed on its bar."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for ax, values, name, colour in ((axes[0], counts, title, "C0"), (axes[1], reference, reference_title, "0.45")):
+        names, n = list(values), [values[k] for k in values]
+        bars = ax.bar(names, n, color=colour)
+        total = sum(n)
+        ax.bar_label(bars, labels=[f"{100 * v / total:.0f} %" for v in n], fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("images")
+        ax.margins(y=0.15)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    fig.tight_layout()
+    return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .config import PROFILE_SETTINGS
 from .pipeline import ensure_data
@@ -187,5 +187,27 @@ def data_description(run_dir: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+def stage_lines(run_dir: str | os.PathLike, stages: Sequence[str] | None = None) -> list[str]:
+    """One line per training stage of a run folder's summary.csv (epochs, last training loss and accuracy, last
+    validation accuracy): what a notebook prints after fit(..., progress=False), readable as plain text
+    where a progress bar would be saved stuck at its first frame."""
+    import math
+
+    from .checkpoint import read_summary
+
+    rows = read_summary(Path(run_dir) / "summary.csv")
+    out = []
+    for name in dict.fromkeys(r["stage"] for r in rows):
+        if stages is not None and name not in stages:
+            continue
+        part = [r for r in rows if r["stage"] == name]
+        last = part[-1]
+        val = float(last["val_acc"]) if last.get("val_acc") not in (None, "") else math.nan
+        out.append(f"{name:>8}: {len(part)} epochs, train loss {float(last['train_loss']):.3f}, "
+                   f"train acc {100 * float(last['train_acc']):.1f} %, val acc "
+                   f"{'-' if math.isnan(val) else f'{100 * val:.1f} %'}")
+    return out
+
+
 __all__ = ["ACCURACY_FLOORS", "pipeline_config", "ensure_data", "open_stage_model", "branch_accuracy",
-           "stage_changes", "paper_cell_as_torch", "skipped_frame", "result_table", "data_description"]
+           "stage_changes", "paper_cell_as_torch", "skipped_frame", "result_table", "data_description", "stage_lines"]

@@ -340,3 +340,52 @@ def test_top_confusions_are_the_largest_off_diagonal_entries():
     top = ablation.top_confusions(FIG6_OURS, ["amusement", "anger", "awe", "contentment", "disgust", "excitement",
                                               "fear", "sadness"], k=2)
     assert top == [("excitement", "amusement", 0.17), ("fear", "sadness", 0.14)]
+
+
+def test_cue_errors_count_the_cues_an_error_gets_wrong():
+    from emotionlib.synth import CLASSES
+
+    cm = np.eye(8) * 8
+    cm[0, 0], cm[0, 1] = 6, 2   # amusement -> anger: same colour and texture, shape wrong
+    cm[4, 4], cm[4, 0] = 6, 2   # disgust -> amusement: colour wrong only
+    shares = ablation.cue_errors(cm, CLASSES)
+    assert shares.to_dict() == pytest.approx({"colour": 0.5, "texture": 0.0, "shape": 0.5})
+    assert np.isnan(ablation.cue_errors(np.eye(8), CLASSES)["colour"])  # no errors, no shares
+
+
+def _tiny_bigru_features(n=12, views=2, seed=0):
+    from emotionlib.model import UnifiedCNNRNN
+
+    cfg = get_config("tiny")
+    model = UnifiedCNNRNN(replace(cfg.model, variant="bigru")).eval()
+    g = torch.Generator().manual_seed(seed)
+    T, D = len(model.feature_keys), model.head.rnn.fwd.W_v.in_features
+    V = torch.randn(n, views, T, D, generator=g)
+    V[:, :, 2] = 0  # V_3 is zero already: zeroing it must change nothing
+    feats = Features(V=V, logits=torch.zeros(n, views, T, cfg.model.num_classes),
+                     targets=torch.randint(0, cfg.model.num_classes, (n,), generator=g), keys=list(model.feature_keys),
+                     classes=[str(i) for i in range(cfg.model.num_classes)], paths=[f"{i}.jpg" for i in range(n)],
+                     views="five")
+    return model, feats
+
+
+def test_zeroed_steps_mask_the_step_they_name():
+    model, feats = _tiny_bigru_features()
+    df = ablation.zeroed_steps(model, feats)
+    assert list(df["zeroed"])[0] == "none" and len(df) == 1 + len(feats.keys)
+    assert df.loc[df["zeroed"].str.startswith("V_3"), "drop (points)"].item() == 0
+    assert (df["test accuracy (%)"].between(0, 100)).all()
+
+
+def test_update_gates_follow_eq7_and_index_the_backward_pass_by_step():
+    model, feats = _tiny_bigru_features()
+    rnn = model.head.rnn
+    with torch.no_grad():
+        rnn.fwd.W_hz.weight.zero_()  # z_t = sigma(W_vz V_t + b_z): no dependence on the state
+        rnn.bwd.load_state_dict(rnn.fwd.state_dict())
+    gates = ablation.update_gates(model, feats)
+    assert list(gates.columns) == ["forward: mean z_t", "backward: mean z_t"]
+    assert gates.iloc[:, 0].tolist() == pytest.approx(gates.iloc[:, 1].tolist(), abs=1e-3)
+    with torch.no_grad():
+        _, vz, _ = rnn.fwd.W_v(feats.V[:, :, 0].reshape(-1, feats.V.shape[-1])).chunk(3, dim=1)
+    assert gates.iloc[0, 0] == pytest.approx(float(torch.sigmoid(vz).mean()), abs=1e-3)

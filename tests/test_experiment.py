@@ -216,3 +216,82 @@ def test_the_shared_test_split_widens_the_interval(tmp_path):
     assert shared.test_se == pytest.approx(100 * math.sqrt(0.016), abs=0.01)
     assert shared.ci_low == pytest.approx(20 - T975_2 * 100 * math.sqrt(0.016), abs=0.02)
     assert shared.verdict == "undecided" and len(truth) == 10
+
+
+# ----------------------------------------------------------------------------- the report's verdicts (notebook 08)
+
+
+def _claims(verdicts):
+    return pd.DataFrame({"comparison": [f"{a} vs {b}" for a, b in zip(("bigru", "bigru", "gru"), ("gru", "ensemble", "lstm"))],
+                         "n_seeds": 3, "verdict": verdicts})
+
+
+@pytest.mark.parametrize("verdicts, expected", [
+    (["holds", "holds", "undecided"], "supported"),        # only the Bi-GRU's own comparisons decide the headline
+    (["holds", "contradicted", "holds"], "contradicted"),
+    (["holds", "undecided", "holds"], "undecided"),
+])
+def test_table1_verdict_is_the_bigru_rows_comparisons(verdicts, expected):
+    out = experiment.table1_verdict(_claims(verdicts))
+    assert out["verdict"] == expected
+    assert "3 paired comparisons over 3 seeds" in out["evidence"]
+    assert experiment.table1_verdict(None)["verdict"] == "not testable on this data"
+
+
+def test_report_verdict_speaks_the_reports_vocabulary():
+    assert [experiment.report_verdict(v) for v in experiment.VERDICTS] == ["supported", "contradicted", "undecided"]
+    assert set(experiment.REPORT_VERDICTS) >= {"supported", "contradicted", "undecided", "not testable on this data"}
+    with pytest.raises(ConfigError):
+        experiment.report_verdict("maybe")
+
+
+def _probe(shallow_gain, deep_gain):
+    rows = []
+    for k, (gs, gd) in enumerate(zip(shallow_gain, deep_gain)):
+        for level, gain in (("FC_1 (pool1)", gs), ("FC_4 (pool4)", gd), ("FC_5 (main)", 0.5)):
+            rows += [{"source": "trained", "level": level, "cue": "shape", "seed": k, "accuracy": 0.5 + gain},
+                     {"source": "random init", "level": level, "cue": "shape", "seed": k, "accuracy": 0.5}]
+    return pd.DataFrame(rows)
+
+
+def test_fig3_verdict_pairs_the_deep_and_shallow_gains_per_seed():
+    assert experiment.fig3_verdict(_probe([0.0, 0.01, 0.02], [0.2, 0.21, 0.23]))["verdict"] == "supported"
+    assert experiment.fig3_verdict(_probe([0.2, 0.21, 0.23], [0.0, 0.01, 0.02]))["verdict"] == "contradicted"
+    assert experiment.fig3_verdict(_probe([0.0, 0.2, 0.0], [0.1, 0.0, 0.1]))["verdict"] == "undecided"
+    assert experiment.fig3_verdict(None)["verdict"] == "not testable on this data"  # FI records no cues
+
+
+def _fig6_run(tmp_path, counts, tprs):
+    """A run folder with a train split of `counts` images per class and, per seed, the Bi-GRU's and the ensemble's
+    per-class TPR."""
+    from emotionlib.utils import write_json
+
+    labels = [c for c, n in counts.items() for _ in range(n)]
+    (tmp_path / "train").mkdir(parents=True)
+    pd.DataFrame({"path": [f"{i}.jpg" for i in range(len(labels))], "label": labels, "split": "train"}).to_csv(
+        tmp_path / "train" / "split.csv", index=False)
+    for k, (a, b) in enumerate(tprs):
+        for variant, tpr in (("bigru", a), ("ensemble", b)):
+            folder = experiment.row_folder(tmp_path, k, variant, 0)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "metrics.json", {"per_class_tpr": {"anger": tpr, "fear": 0.9}})
+    return tmp_path
+
+
+def test_fig6_verdict_needs_rare_classes(tmp_path):
+    tprs = [(0.5, 0.3), (0.52, 0.31), (0.55, 0.3)]  # the Bi-GRU's worst class clearly better on every seed
+    balanced = experiment.fig6_verdict(_fig6_run(tmp_path / "a", {"anger": 100, "fear": 100}, tprs), 0, 3)
+    assert balanced["verdict"] == "not testable on this data" and "no rare classes" in balanced["evidence"]
+    rare = experiment.fig6_verdict(_fig6_run(tmp_path / "b", {"anger": 20, "fear": 100}, tprs), 0, 3)
+    assert rare["verdict"] == "supported"
+
+
+def test_fig7_verdict_pairs_ours_with_the_best_baseline_per_fold():
+    def metrics(ours, a, b):
+        return {"methods": {"ours": {"label": "ours", "fold_mean_ova_tpr": ours},
+                            "handcrafted-svm": {"label": "hand", "fold_mean_ova_tpr": a},
+                            "alexnet-svm": {"label": "alex", "fold_mean_ova_tpr": b}}}
+    # ours beats the weaker baseline everywhere but not the stronger one: the best baseline per fold decides
+    assert experiment.fig7_verdict(metrics([0.8, 0.82, 0.81], [0.6, 0.6, 0.6], [0.79, 0.84, 0.8]))["verdict"] == "undecided"
+    assert experiment.fig7_verdict(metrics([0.9, 0.92, 0.91], [0.6, 0.6, 0.6], [0.7, 0.72, 0.7]))["verdict"] == "supported"
+    assert experiment.fig7_verdict(None)["verdict"] == "not testable on this data"

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from emotionlib import pipeline
+from emotionlib import notebook, pipeline
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if re.fullmatch(r"\d\d_[A-Za-z0-9_-]+\.ipynb", p.name))
@@ -120,3 +120,15 @@ def test_checked_cells_print_no_timing():
             if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source:
                 text = json.dumps(c.get("outputs", []))
                 assert not re.search(r"\d+(\.\d+)? ?(s|it/s|img/s)\b|\d{4}-\d\d-\d\d", text), (path.name, c.source[:80])
+
+
+def test_the_printed_optimiser_is_the_configurations():
+    """Notebook 03 names the CNN's fine-tuning optimiser from the configuration (the smoke profile's Adam, the
+    paper's SGD), never from prose: its committed output must agree with the profile it ran."""
+    nb = load(NOTEBOOKS / "03_fusion.ipynb")
+    profile = pipeline.declared_parameters(NOTEBOOKS / "03_fusion.ipynb")["profile"].strip('"')
+    printed = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "CNN fine-tuned with" in o.get("text", "")]
+    assert printed, "notebook 03 does not print the fine-tuning optimiser"
+    named = re.search(r"CNN fine-tuned with (\w+)", printed[0]).group(1)
+    assert named == notebook.pipeline_config(profile).train.optimizer

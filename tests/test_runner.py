@@ -201,3 +201,13 @@ def test_failing_notebook_stops_the_run_and_names_its_executed_copy(tmp_path, ca
     assert cli.main(argv) == 0
     assert log(tmp_path) == ["01_ok 0", "02_fail 0", "02_fail 0", "03_after 0"]
     assert "01_ok.ipynb: complete" in capsys.readouterr().err
+
+
+def test_stage_lines_print_one_line_per_stage(tmp_path):
+    (tmp_path / "summary.csv").write_text(
+        "stage,epoch,lr,train_loss,train_acc,seconds,val_acc\n"
+        "branch1,1,0.1,2.0,0.2,1.0,nan\nbranch1,2,0.1,1.5,0.4,1.0,0.35\nfusion,1,0.01,1.0,0.6,1.0,0.5\n")
+    assert runner.stage_lines(tmp_path) == [
+        " branch1: 2 epochs, train loss 1.500, train acc 40.0 %, val acc 35.0 %",
+        "  fusion: 1 epochs, train loss 1.000, train acc 60.0 %, val acc 50.0 %"]
+    assert runner.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
