@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -17,6 +17,11 @@ from .evaluate import row_normalise
 from .paper import CLASSES as PAPER_CLASSES
 from .paper import FIG6_MLDRNET, FIG6_OURS
 from .utils import atomic_path
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data import DatasetIndex
+    from .probes import ChannelTop
 
 _FIXED_META = {
     "png": {"Software": "emotionlib"},
@@ -378,6 +383,8 @@ def plot_confusions(confusion, classes: Sequence[str], run_label: str):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true" if i == 0 else "")
         plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion(confusion, classes, title: str, ax=None):
@@ -530,5 +537,136 @@ def plot_counts_beside(counts: dict, reference: dict, title: str, reference_titl
         ax.set_ylabel("images")
         ax.margins(y=0.15)
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- Fig. 3 and the probes (probes.py)
+
+
+def plot_top_patches(tops: Sequence[ChannelTop], part: DatasetIndex, cfg: Config, cell: float = 1.1):
+    """Fig. 3: one row per (layer, channel), one column per top patch, cut at the theoretical receptive field."""
+    import matplotlib.pyplot as plt
+
+    from .model import receptive_field
+    from .probes import centre_crop, patch_box
+
+    k = max(len(t.images) for t in tops)
+    fig, axes = plt.subplots(len(tops), k, figsize=(cell * k + 1.6, cell * len(tops) + 0.4), squeeze=False)
+    crops: dict[int, np.ndarray] = {}
+    for r, t in enumerate(tops):
+        size = receptive_field(cfg.model, t.layer)[0]
+        for j, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if j >= len(t.images):
+                ax.axis("off")
+                continue
+            i = t.images[j]
+            img = crops.setdefault(i, centre_crop(part, i, cfg))
+            left, top, right, bottom = patch_box(cfg.model, t.layer, t.rows[j], t.cols[j], *img.shape[:2])
+            ax.imshow(img[top:bottom, left:right], interpolation="nearest")
+            ax.set_title(f"{t.values[j]:.2f}", fontsize=7, pad=2)
+        axes[r][0].set_ylabel(f"{t.layer} ch {t.channel}\nRF {size} px", fontsize=8, rotation=0, ha="right",
+                              va="center")
+    fig.suptitle("top activations inside each unit's theoretical receptive field (centre crops, test split)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_probes(df: pd.DataFrame, title: str = "linear probe accuracy (chance 0.5)"):
+    """Heatmap of branches x factors, on a fixed 0.5 (chance) - 1.0 scale."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.4 * df.shape[1] + 2.6, 0.55 * df.shape[0] + 1.4))
+    sns.heatmap(df.astype(float), vmin=0.5, vmax=1.0, cmap="viridis", annot=True, fmt=".2f", ax=ax,
+                cbar_kws={"label": "test accuracy"})
+    ax.set_xlabel("factor (synthetic data)")
+    ax.set_ylabel("")
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelrotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: trained CNN vs. its random init"):
+    """One panel per cue: each level's trained accuracy (bar: mean over seeds, dots: the seeds) beside its
+    random-init control, the gain (trained - random init) under each level's name; pixel baselines and the
+    majority rate as horizontal lines. Fixed 0.4 - 1.0 scale, so panels and runs compare at a glance; a value
+    below 0.4 is a seed's triangle on the floor."""
+    import matplotlib.pyplot as plt
+
+    from .probes import MAJORITY, NO_LEVEL, SOURCES
+
+    FLOOR = 0.4
+    cues = list(table["cue"].unique())
+    levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
+    baselines = [s for s in table["source"].unique() if s not in SOURCES]
+    lines = iter([dict(color="C2", ls="--"), dict(color="C3", ls="-."), dict(color="C4", ls=(0, (5, 1)))])
+    styles = {s: dict(color="0.2", ls=":") if s == MAJORITY else next(lines, dict(color="C5", ls="--"))
+              for s in baselines}
+    colours, width, x = {SOURCES[0]: "C0", SOURCES[1]: "0.72"}, 0.38, np.arange(len(levels))
+    fig, axes = plt.subplots(1, len(cues), figsize=(3.3 * len(cues) + 0.4, 3.9), sharey=True, squeeze=False)
+    for ax, cue in zip(axes[0], cues):
+        t = table[table["cue"] == cue]
+        means = {}
+        for k, source in enumerate(SOURCES):
+            acc = t[t["source"] == source]
+            means[source] = acc.groupby("level", sort=False)["accuracy"].mean().reindex(levels)
+            pos = x + (k - 0.5) * width
+            ax.bar(pos, means[source].to_numpy(), width, color=colours[source], label=source, zorder=2)
+            px, y = pos[[levels.index(lv) for lv in acc["level"]]], acc["accuracy"].to_numpy()
+            ax.scatter(px[y >= FLOOR], y[y >= FLOOR], s=9, color="black", zorder=3,
+                       label="one seed" if k == 0 else None)
+            ax.scatter(px[y < FLOOR], np.full((y < FLOOR).sum(), FLOOR + 0.015), marker="v", s=14, color="black",
+                       zorder=3)  # off the scale: a triangle on the floor says so
+        for source in baselines:
+            ax.axhline(t[t["source"] == source]["accuracy"].mean(), lw=1.3, label=source, zorder=4,
+                       **styles[source])
+        gain = means[SOURCES[0]] - means[SOURCES[1]]
+        ax.set_xticks(x, [f"{lv.replace(' (', chr(10) + '(')}\n{g:+.2f}" for lv, g in gain.items()], fontsize=8)
+        ax.set_ylim(FLOOR, 1.0)
+        ax.set_title(cue)
+        ax.grid(axis="x", visible=False)
+    axes[0][0].set_ylabel("probe test accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in SOURCES, labels[i] != "one seed"))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=len(labels),
+               fontsize=8, frameon=False)
+    fig.suptitle(f"{title} (under each level: gain = trained - random init)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+# ----------------------------------------------------------------------------- Fig. 7-8 (small.py)
+
+
+def plot_tpr(table: pd.DataFrame, title: str | None = None, metric: str = "ova_tpr"):
+    """Grouped bars as in Fig. 7: one group per class and the mean as the last group, one colour per method, and
+    the metric's chance level as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    from .small import metric_chance, metric_label
+
+    groups, m = list(table.columns), len(table)
+    name = metric_label(metric, len(groups) - 1)
+    x = np.arange(len(groups), dtype=float)
+    x[-1] += 0.5  # a gap sets the mean apart from the classes
+    width = 0.8 / m
+    fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 3.5, 3.6))
+    colours = plt.get_cmap("tab10").colors
+    for i, (label, row) in enumerate(table.iterrows()):
+        ax.bar(x + (i - (m - 1) / 2) * width, row.to_numpy(dtype=float), width, label=label, color=colours[i % 10])
+    chance = metric_chance(metric, len(groups) - 1)
+    ax.axhline(chance, color="0.4", ls="--", lw=1, label=f"chance ({chance:.3g})")
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="x", visible=False)  # vertical grid lines would run through the groups
+    ax.set_ylabel(name.split(":")[0])
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(name if not title else f"{name}\n{title}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -142,35 +142,6 @@ def centre_crop(part: DatasetIndex, i: int, cfg: Config) -> np.ndarray:
     return next(_centre_crops([part.samples[i]], part, cfg))
 
 
-def plot_top_patches(tops: Sequence[ChannelTop], part: DatasetIndex, cfg: Config, cell: float = 1.1):
-    """Fig. 3: one row per (layer, channel), one column per top patch, cut at the theoretical receptive field."""
-    import matplotlib.pyplot as plt
-
-    k = max(len(t.images) for t in tops)
-    fig, axes = plt.subplots(len(tops), k, figsize=(cell * k + 1.6, cell * len(tops) + 0.4), squeeze=False)
-    crops: dict[int, np.ndarray] = {}
-    for r, t in enumerate(tops):
-        size = receptive_field(cfg.model, t.layer)[0]
-        for j, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
-            if j >= len(t.images):
-                ax.axis("off")
-                continue
-            i = t.images[j]
-            img = crops.setdefault(i, centre_crop(part, i, cfg))
-            left, top, right, bottom = patch_box(cfg.model, t.layer, t.rows[j], t.cols[j], *img.shape[:2])
-            ax.imshow(img[top:bottom, left:right], interpolation="nearest")
-            ax.set_title(f"{t.values[j]:.2f}", fontsize=7, pad=2)
-        axes[r][0].set_ylabel(f"{t.layer} ch {t.channel}\nRF {size} px", fontsize=8, rotation=0, ha="right",
-                              va="center")
-    fig.suptitle("top activations inside each unit's theoretical receptive field (centre crops, test split)",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
 # ----------------------------------------------------------------------------- linear probes of the factors
 
 
@@ -380,67 +351,8 @@ def pivot_probes(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def plot_probes(df: pd.DataFrame, title: str = "linear probe accuracy (chance 0.5)"):
-    """Heatmap of branches x factors, on a fixed 0.5 (chance) - 1.0 scale."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(1.4 * df.shape[1] + 2.6, 0.55 * df.shape[0] + 1.4))
-    sns.heatmap(df.astype(float), vmin=0.5, vmax=1.0, cmap="viridis", annot=True, fmt=".2f", ax=ax,
-                cbar_kws={"label": "test accuracy"})
-    ax.set_xlabel("factor (synthetic data)")
-    ax.set_ylabel("")
-    ax.set_title(title)
-    ax.tick_params(axis="y", labelrotation=0)
-    fig.tight_layout()
-    return fig
-
-
-def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: trained CNN vs. its random init"):
-    """One panel per cue: each level's trained accuracy (bar: mean over seeds, dots: the seeds) beside its
-    random-init control, the gain (trained - random init) under each level's name; pixel baselines and the
-    majority rate as horizontal lines. Fixed 0.4 - 1.0 scale, so panels and runs compare at a glance; a value
-    below 0.4 is a seed's triangle on the floor."""
-    import matplotlib.pyplot as plt
-
-    FLOOR = 0.4
-    cues = list(table["cue"].unique())
-    levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
-    baselines = [s for s in table["source"].unique() if s not in SOURCES]
-    lines = iter([dict(color="C2", ls="--"), dict(color="C3", ls="-."), dict(color="C4", ls=(0, (5, 1)))])
-    styles = {s: dict(color="0.2", ls=":") if s == MAJORITY else next(lines, dict(color="C5", ls="--"))
-              for s in baselines}
-    colours, width, x = {SOURCES[0]: "C0", SOURCES[1]: "0.72"}, 0.38, np.arange(len(levels))
-    fig, axes = plt.subplots(1, len(cues), figsize=(3.3 * len(cues) + 0.4, 3.9), sharey=True, squeeze=False)
-    for ax, cue in zip(axes[0], cues):
-        t = table[table["cue"] == cue]
-        means = {}
-        for k, source in enumerate(SOURCES):
-            acc = t[t["source"] == source]
-            means[source] = acc.groupby("level", sort=False)["accuracy"].mean().reindex(levels)
-            pos = x + (k - 0.5) * width
-            ax.bar(pos, means[source].to_numpy(), width, color=colours[source], label=source, zorder=2)
-            px, y = pos[[levels.index(lv) for lv in acc["level"]]], acc["accuracy"].to_numpy()
-            ax.scatter(px[y >= FLOOR], y[y >= FLOOR], s=9, color="black", zorder=3,
-                       label="one seed" if k == 0 else None)
-            ax.scatter(px[y < FLOOR], np.full((y < FLOOR).sum(), FLOOR + 0.015), marker="v", s=14, color="black",
-                       zorder=3)  # off the scale: a triangle on the floor says so
-        for source in baselines:
-            ax.axhline(t[t["source"] == source]["accuracy"].mean(), lw=1.3, label=source, zorder=4,
-                       **styles[source])
-        gain = means[SOURCES[0]] - means[SOURCES[1]]
-        ax.set_xticks(x, [f"{lv.replace(' (', chr(10) + '(')}\n{g:+.2f}" for lv, g in gain.items()], fontsize=8)
-        ax.set_ylim(FLOOR, 1.0)
-        ax.set_title(cue)
-        ax.grid(axis="x", visible=False)
-    axes[0][0].set_ylabel("probe test accuracy")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in SOURCES, labels[i] != "one seed"))
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=len(labels),
-               fontsize=8, frameon=False)
-    fig.suptitle(f"{title} (under each level: gain = trained - random init)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
+# The probes' plots live in figures.py; notebook 06 reads them from here.
+from .figures import plot_controlled_probes, plot_probes, plot_top_patches  # noqa: E402
 
 __all__ = ["LAYERS", "FACTORS", "patch_box", "ChannelTop", "layer_maxima", "choose_channels", "top_patches",
            "centre_crop", "plot_top_patches", "read_factors", "match_factors", "linear_probe", "branch_label",

@@ -42,7 +42,7 @@ from .data import DatasetIndex, open_dataset, scan_artphoto, scan_iaps
 from .errors import ConfigError, DataError, RunFolderError
 from .evaluate import confusion_matrix, one_against_all_tpr, per_class_tpr
 from .methods import DEFAULT_SMALL_METHODS, SMALL_LAYOUTS, SMALL_METHODS
-from .figures import save_table
+from .figures import plot_tpr, save_table
 from .utils import file_sha256, read_json, relative_path, resolve_device, write_json
 
 LAYOUTS, METHODS, DEFAULT_METHODS = SMALL_LAYOUTS, SMALL_METHODS, DEFAULT_SMALL_METHODS
@@ -358,32 +358,6 @@ def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
             + [metric_chance(k, n)] for k in METRICS}
     return pd.DataFrame(cols, index=pd.Index([r["label"] for r in metrics["methods"].values()] + ["chance"],
                                              name="mean over the classes"))
-
-
-def plot_tpr(table: pd.DataFrame, title: str | None = None, metric: str = "ova_tpr"):
-    """Grouped bars as in Fig. 7: one group per class and the mean as the last group, one colour per method, and
-    the metric's chance level as a dashed line."""
-    import matplotlib.pyplot as plt
-
-    groups, m = list(table.columns), len(table)
-    name = metric_label(metric, len(groups) - 1)
-    x = np.arange(len(groups), dtype=float)
-    x[-1] += 0.5  # a gap sets the mean apart from the classes
-    width = 0.8 / m
-    fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 3.5, 3.6))
-    colours = plt.get_cmap("tab10").colors
-    for i, (label, row) in enumerate(table.iterrows()):
-        ax.bar(x + (i - (m - 1) / 2) * width, row.to_numpy(dtype=float), width, label=label, color=colours[i % 10])
-    chance = metric_chance(metric, len(groups) - 1)
-    ax.axhline(chance, color="0.4", ls="--", lw=1, label=f"chance ({chance:.3g})")
-    ax.set_xticks(x, groups, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.grid(axis="x", visible=False)  # vertical grid lines would run through the groups
-    ax.set_ylabel(name.split(":")[0])
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(name if not title else f"{name}\n{title}", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------- command line
