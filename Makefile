@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make reproduce   set up .venv, generate the built-in data if missing, run the notebook pipeline on it
 #   make test        the same set-up, then the linter and the whole test suite (unit tests, end-to-end runs, nbval)
-#   make unit        the unit tests alone (no training run, no notebook): under a minute
+#   make unit        the unit tests alone (no end-to-end training, no notebook): about a minute on two cores
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
