@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import Config
 from .data import DatasetIndex, read_split
-from .errors import CheckpointError, RunFolderError
+from .errors import CheckpointError, EmotionLibError, RunFolderError
 from .model import UnifiedCNNRNN
 from .utils import atomic_path, read_json, write_text
 
@@ -43,15 +43,18 @@ class RunFolder:
     @classmethod
     def open(cls, path: str | os.PathLike, resume: bool) -> "RunFolder":
         run = cls(Path(path))
-        exists = run.path.exists() and any(run.path.iterdir())
         if run.path.exists() and not run.path.is_dir():
             raise RunFolderError(f"--out {run.path} is a file, not a folder")
+        exists = run.path.exists() and any(p.name != ".lock" for p in run.path.iterdir())  # .lock: folder_lock
         if exists and not resume:
             raise RunFolderError(f"run folder {run.path} already exists and is not empty; pass --resume to continue "
                                  "it, or choose another --out")
         if resume and exists and not (run.path / "config.json").exists():
             raise RunFolderError(f"cannot resume {run.path}: it has no config.json, so it is not a run folder")
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot write the run folder {run.path}: {e.strerror or e}") from None
         return run
 
     def append_summary(self, row: dict[str, Any]) -> None:
@@ -143,7 +146,13 @@ def load_model(path: str | os.PathLike,
     model.pt, a stage file (stage-main.pt: the CNN after Sec. 3.2's stages) or last.pt."""
     path = Path(path)
     ckpt = load_checkpoint(path, device)
-    cfg = Config.from_dict(ckpt["config"])
+    missing = sorted({"model", "config"} - set(ckpt))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is not a model of emotionlib")
+    try:
+        cfg = Config.from_dict(ckpt["config"])  # not validate(): its device may be one this machine lacks
+    except (EmotionLibError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} holds an unusable configuration ({e})") from None
     model = UnifiedCNNRNN(cfg.model)
     load_model_state(model, ckpt["model"], path)
     return model.to(device).eval(), cfg, ckpt
@@ -155,7 +164,14 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu") -> tupl
     if not path.exists():
         raise RunFolderError(f"{run} holds no trained model ({path} is missing); train it first or pass --resume")
     model, cfg, ckpt = load_model(path, device)
-    return model, cfg, list(ckpt["classes"])
+    if "classes" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} lacks classes; it is not a finished model of emotionlib")
+    classes = ckpt["classes"]  # one distinct name per output of the classifier, or predictions name the wrong class
+    if (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes) or len(classes) != cfg.model.num_classes):
+        raise CheckpointError(f"checkpoint {path} lists {len(classes) if isinstance(classes, (list, tuple)) else '?'} "
+                              f"class name(s) for a model of {cfg.model.num_classes} classes")
+    return model, cfg, list(classes)
 
 
 __all__ = ["RunFolder", "read_summary", "split_parts", "save_checkpoint", "load_checkpoint", "load_model_state",

@@ -121,6 +121,7 @@ def build_config(a):
 
 def cmd_train(a) -> int:
     from .train import fit
+    from .utils import finite_or_none
 
     if a.data is not None and not a.data.exists():
         from .errors import DataError
@@ -145,7 +146,7 @@ def cmd_train(a) -> int:
         metrics = fit(cfg, a.data, a.out, resume=a.resume, split_csv=a.split, init_from=a.init_from, progress=True)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics; one line is enough
         keys = ("variant", "profile", "test_accuracy", "val_accuracy", "mean_tpr")
-        print(json.dumps({k: metrics.get(k) for k in keys}))
+        print(json.dumps(finite_or_none({k: metrics.get(k) for k in keys})))
     return 0
 
 
@@ -160,7 +161,9 @@ def _add_evaluate(sub) -> None:
 def cmd_evaluate(a) -> int:
     from .evaluate import evaluate_run
 
-    print(json.dumps(evaluate_run(a.run, a.data, a.device)))
+    from .utils import finite_or_none
+
+    print(json.dumps(finite_or_none(evaluate_run(a.run, a.data, a.device))))
     return 0
 
 
@@ -292,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotionlib {a.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"emotionlib {a.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        # advice that holds for this command: only train has --resume; reproduce skips its complete notebooks
+        advice = {"train": "; rerun with --resume to continue",
+                  "reproduce": "; rerun the same command to continue (complete notebooks are skipped)",
+                  "table1": "; rerun the same command to continue (finished runs are reused)"}.get(a.command, "")
+        print(f"emotionlib {a.command}: interrupted{advice}", file=sys.stderr)
         return 130
 
 

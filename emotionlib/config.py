@@ -6,6 +6,9 @@ CPU cores in under a minute on the built-in synthetic data.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -155,9 +158,50 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         part = getattr(cfg, section)
         if name not in {f.name for f in fields(part)}:
             raise ConfigError(f"override {key!r}: {type(part).__name__} has no field {name!r}")
+        value = coerce(key, value, typing.get_type_hints(type(part))[name])
         cfg = replace(cfg, **{section: replace(part, **{name: value})})
     validate(cfg)
     return cfg
+
+
+def coerce(key: str, value: Any, kind: Any) -> Any:
+    """`value` as the field's type, or a ConfigError: `--set train.lr=abc` arrives as the text 'abc', and a
+    comparison in validate() would otherwise end in a TypeError. Floats must be finite (NaN/inf lr)."""
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{key}={value!r}: {what}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("use true or false")
+    if kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad("give a whole number")
+    if kind is float:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise bad("give a number")
+        if not math.isfinite(value):
+            raise bad("give a finite number")
+        return float(value)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return str(value)
+        raise bad("give a text")
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"give a list, e.g. {key}=[{', '.join('1' for _ in args)}]")
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        if len(value) != len(args):
+            raise bad(f"give {len(args)} values")
+        return tuple(coerce(f"{key}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, args)))
+    return value
 
 
 def validate(cfg: Config) -> Config:
@@ -172,6 +216,15 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.same_fraction={d.same_fraction} must lie in [0, 1]")
     if abs(sum(d.split) - 1) > 1e-6 or min(d.split) < 0:
         raise ConfigError(f"data.split={d.split} must be three non-negative fractions summing to 1")
+    if d.split[1] <= 0:  # refused here, not after all the training when there is nothing to test
+        raise ConfigError(f"data.split={d.split}: the test fraction (the second) must be positive")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers={d.num_workers}: give 0 (load in the main process) or more")
+    if t.seed < 0:
+        raise ConfigError(f"train.seed={t.seed}: give a whole number >= 0")
+    from .utils import check_device
+
+    check_device(t.device)
     if t.val_crops not in ("five", "centre"):
         raise ConfigError(f"train.val_crops={t.val_crops!r}: use 'five' or 'centre'")
     if t.softmax_stages < 1:

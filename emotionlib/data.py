@@ -201,9 +201,21 @@ def _unsupported(p: Path) -> str | None:
     return f"unsupported extension {p.suffix or '(none)'!r}; expected one of {' '.join(sorted(IMAGE_EXTENSIONS))}"
 
 
+def _check_utf8(p: Path) -> None:
+    """split.csv and skipped.csv are UTF-8: a file name that is not cannot be written there, so `data` and `train`
+    both refuse it up front."""
+    try:
+        str(p).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(p).decode("utf-8", "backslashreplace")
+        raise DataError(f"{shown}: the file name is not valid UTF-8; rename the file") from None
+
+
 def _build_index(root: Path, labelled: list[tuple[Path, str, str | None]], skipped: list[tuple[Path, str]],
                  max_pixels: int, progress: bool, what: str) -> DatasetIndex:
     """Verify labelled files, move the bad ones to skipped, check that every class kept an image."""
+    for p in [p for p, _, _ in labelled] + [p for p, _ in skipped]:
+        _check_utf8(p)
     results = _verify_all([p for p, _, _ in labelled], max_pixels, progress)
     samples, skipped, failed = [], list(skipped), dict.fromkeys((label for _, label, _ in labelled), 0)
     for (p, label, split), r in zip(labelled, results):
@@ -278,6 +290,12 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
     labelled: list[tuple[Path, str, str | None]] = []
     skipped: list[tuple[Path, str]] = []
     if folders:
+        by_label: dict[str, Path] = {}
+        for d in folders:  # labels are lower-cased: FEAR/ and fear/ would merge into one class unseen
+            other = by_label.setdefault(d.name.lower(), d)
+            if other is not d:
+                raise DataError(f"{root}: class folders {other.name!r} and {d.name!r} differ only in case; "
+                                "merge or rename them")
         for d in folders:
             files = _files(d)
             if not files:
@@ -348,9 +366,11 @@ def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequ
         if not p.is_file():
             raise DataError(f"{p}: listed in {csv_path} (line {n}) but does not exist"
                             + ("" if Path(rel).is_absolute() else f"; paths are relative to {base}"))
-        if p in seen:  # the same image twice could put it in train and test at once
-            raise DataError(f"{csv_path}: line {n} repeats {rel} (first on line {seen[p]})")
-        seen[p] = n
+        key = p.resolve()  # as the file system sees it: `a/../a/x.jpg`, an absolute path and a symlink are one file
+        if key in seen:  # the same image twice could put it in train and test at once
+            raise DataError(f"{csv_path}: line {n} repeats {rel}: the same file as line {seen[key][0]} "
+                            f"({seen[key][1]}); list each image once")
+        seen[key] = (n, rel)
         out.append((p, label, split))
     if not out:
         raise DataError(f"{csv_path}: manifest lists no images")

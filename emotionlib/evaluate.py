@@ -3,7 +3,9 @@
 evaluation on a dataset and per-image prediction."""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -94,11 +96,15 @@ def summarise_predictions(targets, probs: np.ndarray, classes: list[str]) -> dic
     preds = probs.argmax(axis=1)
     targets = np.asarray(targets)
     n = len(classes)
-    tpr = per_class_tpr(targets, preds, n)
+    tpr = per_class_tpr(targets, preds, n).copy()  # np.diag's view is read-only
+    # mean TPR over the classes the data holds: an absent class has no rate (NaN, null in JSON), not 0
+    present = [i for i in range(n) if (targets == i).any()]
+    tpr[[i for i in range(n) if i not in present]] = np.nan
     return {
         "accuracy": accuracy(probs, targets),
         "per_class_tpr": {c: float(t) for c, t in zip(classes, tpr)},
-        "mean_tpr": float(tpr.mean()),
+        "mean_tpr": float(tpr[present].mean()) if present else float("nan"),
+        "mean_tpr_classes": [classes[i] for i in present],
         "confusion": confusion_matrix(targets, preds, n).round(6).tolist(),
         "n": int(len(targets)),
     }
@@ -200,11 +206,15 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         if unknown:
             raise DataError(f"{data} has classes the run was not trained on: {', '.join(unknown)}")
         part.classes = list(classes)
-        name = Path(data).name or "data"
+        # named by the resolved path (a slug and a short hash): `--data other/test` must not overwrite test.json
+        resolved = str(Path(data).resolve())
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(resolved).stem or "data")[:40]
+        name = f"{slug}-{hashlib.sha256(resolved.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
     p, y, _ = predict_probs(model, make_loader(part, classes, cfg, train=False), dev, None, cfg.train.amp)
-    result = {"run": str(run), "data": name, "classes": classes, **summarise_predictions(y, p, classes)}
-    write_json(run / "evaluations" / f"{name}.json", result)
-    return {k: result[k] for k in ("data", "accuracy", "mean_tpr", "n")}
+    result = {"run": str(run), "data": name, "data_path": str(run / "split.csv") if data is None else resolved,
+              "classes": classes, **summarise_predictions(y, p, classes)}
+    write_json(run / "evaluations" / f"{name}.json", result, strict=True)
+    return {k: result[k] for k in ("data", "accuracy", "mean_tpr", "mean_tpr_classes", "n")}
 
 
 def predict_images(run: str | os.PathLike, images: list[str | os.PathLike], device: str = "auto") -> Iterator[dict]:

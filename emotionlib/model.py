@@ -102,6 +102,8 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         parse_variant(self.variant)
+        if not self.width > 0:  # stage_channels would clamp 0 or -1 to 8 channels and train something else unseen
+            raise ConfigError(f"model.width={self.width}: give a positive channel multiplier")
         if self.num_classes < 2:
             raise ConfigError(f"num_classes={self.num_classes}: need at least two classes")
         if self.branch_order not in ("conv-pool", "pool-conv"):

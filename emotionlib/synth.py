@@ -298,6 +298,10 @@ def render(factors: dict, size: int, rng: np.random.Generator,
 
 # ----------------------------------------------------------------------------- dataset
 
+MAX_PER_CLASS = 100_000  # FI has 23,308 images in all: more is a typo, not a dataset
+MAX_SIZE = 2048  # the paper's crops are 375 px; 100,000 px would need 149 GiB for one coordinate grid
+
+
 def _check_args(per_class, size, seed, label_noise, layout, shift) -> dict:
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -305,10 +309,10 @@ def _check_args(per_class, size, seed, label_noise, layout, shift) -> dict:
     def is_num(v):
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
-    if not is_int(per_class) or per_class < 1:
-        raise ConfigError(f"per_class={per_class!r}: give an integer >= 1 (images per class)")
-    if not is_int(size) or size < 32:
-        raise ConfigError(f"size={size!r}: give an integer >= 32 (image side in pixels)")
+    if not is_int(per_class) or not 1 <= per_class <= MAX_PER_CLASS:
+        raise ConfigError(f"per_class={per_class!r}: give an integer in [1, {MAX_PER_CLASS}] (images per class)")
+    if not is_int(size) or not 32 <= size <= MAX_SIZE:  # the generator holds (2, size, size) grids in memory
+        raise ConfigError(f"size={size!r}: give an integer in [32, {MAX_SIZE}] (image side in pixels)")
     if not is_int(seed) or seed < 0:
         raise ConfigError(f"seed={seed!r}: give an integer >= 0")
     if not is_num(label_noise) or not 0 <= label_noise < 1:

@@ -8,6 +8,7 @@ metrics.json, predictions.csv and checkpoints/ (last.pt to resume, one file per 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -26,11 +27,11 @@ from .data import (DatasetIndex, PairBatchSampler, ShuffleBatchSampler, make_loa
 from .distributed import Dist
 from .checkpoint import (RunFolder, load_checkpoint, load_model, load_model_state, load_run, read_summary,
                          save_checkpoint)
-from .errors import ConfigError, RunFolderError, TrainingError
+from .errors import CheckpointError, ConfigError, RunFolderError, TrainingError
 from .evaluate import accuracy, predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
 from .model import Stage, UnifiedCNNRNN
-from .utils import autocast, derive_seed, progress_bar, read_json, relative_path, write_csv, write_json
+from .utils import autocast, derive_seed, folder_lock, progress_bar, read_json, relative_path, write_csv, write_json
 
 
 # ----------------------------------------------------------------------------- seeds and determinism
@@ -257,11 +258,37 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     the same metrics.
     """
     dist = distributed.init(cfg.train.device)
+    out = Path(out)
+    existed = out.exists()
+    fresh = not existed or (out.is_dir() and not any(p.name != ".lock" for p in out.iterdir()))
+    failed_start = False
     try:
-        return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv, progress=progress and dist.is_main,
-                    init_from=init_from, until=until, init_stages=init_stages)
+        with folder_lock(out) if dist.is_main else contextlib.nullcontext():
+            try:
+                return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv,
+                            progress=progress and dist.is_main, init_from=init_from, until=until,
+                            init_stages=init_stages)
+            except Exception:
+                # a failed start (bad data, split, ...) must not leave a folder that blocks the corrected retry
+                if dist.is_main and fresh and not (out / "checkpoints" / "last.pt").exists():
+                    _empty(out)
+                    failed_start = True
+                raise
     finally:
         dist.close()
+        if failed_start and not existed:
+            (out / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def _empty(folder: Path) -> None:
+    """Remove what a failed start wrote into `folder` (which was empty or absent before it), the lock aside."""
+    import shutil
+
+    for p in folder.iterdir():
+        if p.name != ".lock":
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, init_from,
@@ -309,10 +336,8 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     set_deterministic(cfg.train.deterministic)
     device = dist.device(cfg.train.device)
     model, stages, frozen, done_stages = _build_model(cfg, device, init_from, init_stages)
-    state = _restore(run, model, stages, device, dist)
-    start_stage, start_epoch = (state["stage"], state["epoch"]) if state is not None else (0, 0)
-    if state is not None:
-        done_stages |= set(state.get("done_stages", []))
+    state, start_stage, start_epoch, restored = _restore(run, model, stages, device, dist)
+    done_stages |= restored
     loaders: dict[str, DataLoader] = {}
     # validation and the final evaluation run on rank 0 alone, while the other ranks wait at a barrier
     val_loader = make_loader(rd.val, rd.index.classes, cfg, train=False) if rd.val.samples and dist.is_main else None
@@ -370,15 +395,33 @@ def _build_model(cfg: Config, device: torch.device, init_from, init_stages) -> t
 
 
 def _restore(run: RunFolder, model: UnifiedCNNRNN, stages: list[Stage], device: torch.device,
-             dist: Dist) -> dict[str, Any] | None:
-    """last.pt into the model (--resume), and summary.csv cut back to it; None for a fresh run."""
-    if not run.last.exists():
-        return None
-    state = load_checkpoint(run.last, device)
-    load_model_state(model, state["model"], run.last)
-    if dist.is_main:
-        run.truncate_summary([st.name for st in stages], state["stage"], state["epoch"])
-    return state
+             dist: Dist) -> tuple[dict[str, Any] | None, int, int, set[str]]:
+    """Where a resumed run goes on: (last.pt's payload or None, stage index, epochs done in it, stages done), the
+    model loaded from last.pt or, where it is lost, from the latest finished stage's checkpoint; summary.csv is
+    cut back to that point. (None, 0, 0, {}) for a fresh run."""
+    state, start_stage, start_epoch, done = None, 0, 0, set()
+    if run.last.exists():
+        state = load_checkpoint(run.last, device)
+        if not {"model", "stage", "epoch"} <= set(state):
+            raise CheckpointError(f"checkpoint {run.last} is not a resumable checkpoint of emotionlib (it lacks "
+                                  f"{', '.join(sorted({'model', 'stage', 'epoch'} - set(state)))})")
+        load_model_state(model, state["model"], run.last)
+        start_stage, start_epoch = state["stage"], state["epoch"]
+        done = set(state.get("done_stages", []))
+    else:  # last.pt lost: go on after the latest finished stage, whose checkpoint holds the whole model
+        finished = [si for si, st in enumerate(stages) if (run.checkpoints / f"stage-{st.name}.pt").exists()]
+        if finished:
+            si = finished[-1]
+            path = run.checkpoints / f"stage-{stages[si].name}.pt"
+            load_model_state(model, load_checkpoint(path, device)["model"], path)
+            start_stage = si + 1
+            done = {st.name for st in stages[: si + 1]}
+        elif read_summary(run.path / "summary.csv"):
+            raise RunFolderError(f"cannot resume {run.path}: {run.last} is missing and no stage finished, so the "
+                                 "epochs in summary.csv cannot be continued; choose another --out for a new run")
+    if dist.is_main and (run.path / "summary.csv").exists():  # rows past the checkpoint would repeat: drop them
+        run.truncate_summary([st.name for st in stages], start_stage, start_epoch)
+    return state, start_stage, start_epoch, done
 
 
 def _stage_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config, frozen: set[str],
@@ -507,7 +550,7 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
     write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
     save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
                                                     "classes": classes, "emotionlib": __version__})
-    write_json(run.path / "metrics.json", metrics)
+    write_json(run.path / "metrics.json", metrics, strict=True)  # an empty val split: null, not a bare NaN
     return metrics
 
 

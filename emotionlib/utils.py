@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -23,16 +24,69 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     (timm's habit: write to a temporary name, then os.replace).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _DISK_ERRNOS:  # disk full, quota, read-only: one line; the previous version is kept
+            raise _write_error(path, e) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _write_error(path: Path, e: OSError):
+    from .errors import RunFolderError
+
+    kept = " (the previous version is kept)" if path.exists() else ""
+    return RunFolderError(f"cannot write {path}: {e.strerror or e}{kept}")
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on FOLDER/.lock (with this process's id in it) while the block runs, so a second
+    writer (two `--resume` at once, a train into a folder being trained) is refused instead of interleaving its
+    epochs with the first's. The kernel drops the lock when the process dies, so a killed run never blocks."""
+    import fcntl
+
+    from .errors import RunFolderError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"--out {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a+")
+    except OSError as e:
+        raise RunFolderError(f"cannot write the run folder {folder}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise RunFolderError(f"run folder {folder} is in use by process {pid}; wait for it to finish, or choose "
+                             "another --out") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield folder
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -40,8 +94,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, strict: bool = False) -> None:
+    """`strict`: NaN and infinities become null, so any JSON reader can read the file (json.dumps alone writes a
+    bare NaN, which is not JSON)."""
+    if strict:
+        text = json.dumps(finite_or_none(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    else:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+    write_text(path, text + "\n")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None (null in JSON)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
 
 
 def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
@@ -100,8 +171,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_device(name: str) -> None:
+    """A ConfigError for a device name torch cannot parse or this machine does not have, before anything runs."""
+    from .errors import ConfigError
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: no CUDA device is available here; use auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {name!r}: Apple's MPS is not available here; use auto or cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU."""
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
