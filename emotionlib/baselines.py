@@ -459,7 +459,9 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
     resnet101 (None: torchvision's cached file if any; "none": random initialisation). With resume=True a
     finished folder returns its metrics; an unfinished one is run again from the start.
     """
-    from .train import RunFolder, derive_seed, prepare_data, set_deterministic, write_predictions
+    from .checkpoint import RunFolder
+    from .train import prepare_data, set_deterministic, write_predictions
+    from .utils import derive_seed
 
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
