@@ -41,6 +41,7 @@ test: setup lint
 
 # The unit tests: files that train nothing end to end and run no notebook (the `slow` marker covers the rest).
 UNIT_TESTS := tests/test_model.py tests/test_losses.py tests/test_data.py tests/test_experiment.py tests/test_cli.py \
+	tests/test_checkpoint.py \
 	tests/test_environment.py
 unit: setup
 	$(PY) -m pytest -m "not slow" $(UNIT_TESTS)
