@@ -14,7 +14,7 @@ RUN ?= runs/$(PROFILE)
 SEEDS ?= 3
 KERNEL := emotionlib
 
-.PHONY: setup reproduce test unit lint format lab bench data clean-runs notebooks
+.PHONY: setup reproduce test unit lint format lab bench bench-cuda data clean-runs notebooks
 
 setup: $(STAMP)
 
@@ -63,6 +63,10 @@ lab: setup
 
 bench: setup
 	$(BIN)/emotionlib bench --out runs/bench
+
+# On a machine with an NVIDIA GPU: the paper profile's bf16 images/s and the fraction of the chip's bf16 peak
+bench-cuda: setup
+	$(BIN)/emotionlib bench --device cuda --out runs/bench
 
 clean-runs:
 	@echo "runs/ holds your results; delete it by hand if you mean it: rm -r runs/"

@@ -21,7 +21,6 @@ import hashlib
 import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,6 +40,7 @@ from .experiment import CLAIMS, row_label
 from .losses import fusion_loss
 from .model import UnifiedCNNRNN, fusion_head, parse_variant
 from .paper import TABLE1_VARIANTS
+from .threads import one_thread
 from .train import optimizer_step
 from .utils import (autocast, derive_seed, file_sha256, progress_bar, read_json, relative_path, resolve_device,
                     write_json)
@@ -214,21 +214,6 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
 # ----------------------------------------------------------------------------- heads on cached features
 
 
-@contextmanager
-def _one_thread(device: torch.device):
-    """A head's matrices are tiny: on a CPU, intra-op threads only add synchronisation (docs/performance.md). One
-    thread while inside."""
-    if device.type != "cpu":
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def make_head(variant: str, input_size: int, cfg: Config) -> torch.nn.Module | None:
     """The fusion head of a variant (Sec. 3.3), or None for the ensemble (nothing to train)."""
     fusion, _ = parse_variant(variant)
@@ -277,7 +262,7 @@ def train_head(variant: str, features: Mapping[str, Features], cfg: Config, *, d
         raise ConfigError(f"variant {variant!r} reads {n_branches} branches but the features hold {len(train.keys)} "
                           f"({', '.join(train.keys)}); extract them from a CNN with {n_branches} branches")
     dev = resolve_device(cfg.train.device) if device is None else torch.device(device)
-    with _one_thread(dev):
+    with one_thread(dev):  # a head's matrices are tiny: more threads only synchronise (docs/performance.md)
         return _train_head(variant, features, cfg, dev, progress)
 
 

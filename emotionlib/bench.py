@@ -12,6 +12,10 @@
    contiguous against channels-last against torch.compile. On CUDA the same in bf16 against a bf16 matmul.
 4. inference: one image with five-crop averaging (median, 95th percentile), batch throughput, and the cold start
    of `emotionlib predict` against a bare `python -c "import torch"`.
+5. a machine that is not idle: a short smoke `fit` and the sweep's feature extraction beside 0, 1, 2 busy
+   processes, for today's thread policy and emotionlib.threads' settings, each against the fair share.
+
+`emotionlib bench --device cuda` instead measures the paper's profile in bf16 on a GPU (bench_gpu).
 
 The machine these run on is shared: absolute times are this machine at this moment; the ratios, measured side by
 side, are the claims. CPU seconds (process time) are reported beside wall seconds where contention distorts wall
@@ -365,7 +369,100 @@ def _sweep_profile(root: Path, variants, clock, rows, cfg) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- 3. training throughput
 
 #: dense bf16 tensor-core peaks (no sparsity) by device name, for the fraction of the chip's datasheet figure
-BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}
+#: (the SXM parts; the PCIe H100 is slower)
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0,
+                    "A10": 125.0, "RTX 4090": 165.2, "V100": 125.0}
+
+
+def peak_bf16_tflops(name: str) -> float | None:
+    """The datasheet's dense bf16 peak of the device called `name` (torch.cuda.get_device_name), None if unknown.
+    The longest matching key wins ("H100 PCIe" before "H100", "A100" before "A10")."""
+    for key in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True):
+        if key.lower() in name.lower():
+            return BF16_PEAK_TFLOPS[key]
+    return None
+
+
+def forward_flops_per_image(model, crop: int, device="cpu") -> int:
+    """FLOPs of one image's forward pass (convolutions and matrix products, FlopCounterMode); a training step
+    costs about 3x this (the backward pass computes two products per forward one)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 3, crop, crop, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return int(fc.get_total_flops())
+
+
+def fraction_of_peak(flops_per_image: float, images_per_s: float, peak_tflops: float | None) -> float | None:
+    """Achieved FLOP/s (images/s x FLOPs per image) over the peak; None when the peak is unknown."""
+    if not peak_tflops:
+        return None
+    return flops_per_image * images_per_s / (peak_tflops * 1e12)
+
+
+def bench_gpu(quick: bool = False, batch: int | None = None) -> dict[str, Any]:
+    """The paper's profile (375-px crops) on CUDA in bf16 autocast, channels-last: training images/s (the fusion
+    stage with every parameter trained, the heaviest step) and inference images/s (one 375-px crop per image; a
+    five-crop photo costs five), each with its FLOP/s as a fraction of the chip's datasheet bf16 peak."""
+    import torch
+
+    from .config import get_config
+    from .model import UnifiedCNNRNN
+    from .utils import autocast
+
+    batch = batch or (8 if quick else 64)
+    dev = torch.device("cuda")
+    cfg = get_config("paper", **{"train.batch_size": batch, "train.device": "cuda", "train.amp": True})
+    crop = cfg.data.crop
+    torch.manual_seed(0)
+    model = UnifiedCNNRNN(cfg.model).to(dev).to(memory_format=torch.channels_last)
+    fwd = forward_flops_per_image(model, crop, dev)
+    name = torch.cuda.get_device_name(0)
+    peak = peak_bf16_tflops(name)
+    rounds = 5 if quick else 20
+
+    def rate(fn, n_images: int) -> float:
+        for _ in range(3):  # cuDNN's algorithm search, allocations
+            fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(rounds):
+            fn()
+        torch.cuda.synchronize()
+        return n_images * rounds / (time.perf_counter() - t)
+
+    step, _ = _fusion_setup(cfg, dev, channels_last=True, compile_=False)
+    x = torch.randn(batch, 3, crop, crop, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(batch, device=dev) % cfg.model.num_classes
+    train_ips = rate(lambda: step(x, y), batch)
+    model.eval()
+
+    def infer():
+        with torch.inference_mode(), autocast(dev):
+            model(x)
+
+    infer_ips = rate(infer, batch)
+    out = {"device": name, "crop": crop, "batch_size": batch, "dtype": "bf16 autocast", "rounds": rounds,
+           "gflop_per_image_forward": round(fwd / 1e9, 2), "peak_bf16_tflops": peak,
+           "train_images_per_s": round(train_ips, 1), "infer_images_per_s": round(infer_ips, 1),
+           "train_fraction_of_peak": fraction_of_peak(3 * fwd, train_ips, peak),
+           "infer_fraction_of_peak": fraction_of_peak(fwd, infer_ips, peak)}
+    for k in ("train_fraction_of_peak", "infer_fraction_of_peak"):
+        out[k] = None if out[k] is None else round(out[k], 3)
+    return out
+
+
+def gpu_markdown(r: dict[str, Any]) -> str:
+    peak = f"{r['peak_bf16_tflops']} TFLOP/s" if r["peak_bf16_tflops"] else "unknown (add it to BF16_PEAK_TFLOPS)"
+    return "\n".join([
+        f"# emotionlib bench --device cuda: {r['device']}", "",
+        f"Paper profile, {r['crop']}-px crops, {r['dtype']}, batch {r['batch_size']}, channels-last; "
+        f"{r['gflop_per_image_forward']} GFLOP per image forward (training counted as 3x); bf16 peak {peak}.", "",
+        "| | images/s | fraction of bf16 peak |", "|---|---|---|",
+        f"| training (fusion stage, all parameters) | {r['train_images_per_s']} | {r['train_fraction_of_peak']} |",
+        f"| inference (one crop per image) | {r['infer_images_per_s']} | {r['infer_fraction_of_peak']} |"]) + "\n"
 
 
 def _mm_flops_per_s(n: int, dtype, device, reps: int = 3) -> float:
@@ -515,7 +612,7 @@ def bench_training_cuda(quick: bool) -> dict[str, Any]:
     for _ in range(3):
         mm.append(_mm_flops_per_s(8192, torch.bfloat16, dev, reps=10))
     s, name = _median(times), torch.cuda.get_device_name(0)
-    spec = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    spec = peak_bf16_tflops(name)
     return {"device": name, "batch_size": batch, "images_per_s": round(batch / s, 1), "step_s": round(s, 4),
             "tflop_per_s": round(flops / s / 1e12, 1), "matmul_bf16_tflop_per_s": round(_median(mm) / 1e12, 1),
             "fraction_of_matmul": round(flops / s / _median(mm), 3),
@@ -615,6 +712,141 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
     return out
 
 
+# ----------------------------------------------------------------------------- 5. a machine that is not idle
+
+#: thread policies compared side by side: today's (PyTorch's default threads, OpenMP's default spin), the
+#: library's default ("cores" with a short spin), "cores" with the passive wait policy, and "auto" (passive)
+THREAD_POLICIES = ("today", "cores", "cores-passive", "auto")
+
+
+def _busy() -> None:  # a CPU-bound background process (one core's worth)
+    while True:
+        pass
+
+
+def fair_share(idle_wall: float, idle_cpu: float, cores: int, k: int) -> float:
+    """The slowdown a fair share of the machine allows with `k` single-threaded CPU-bound processes beside this
+    one on `cores` cores: each of the k + 1 processes gets cores / (k + 1) cores, and this one used
+    u = CPU seconds / wall seconds of its idle run (between 1 and `cores`), so it slows by u (k + 1) / cores,
+    and never below 1 (a free core costs nothing). One background process on two cores: 2x for a job that used
+    both cores, 1x for a single-threaded one."""
+    u = min(max(idle_cpu / idle_wall, 1.0), cores) if idle_wall > 0 else 1.0
+    return max(1.0, u * (k + 1) / cores)
+
+
+def _threads_child(work: str, task: str, setting: str, repeats: str = "1") -> None:
+    """One task in a fresh process (the wait policy is read when torch loads OpenMP), run `repeats` times: prints
+    JSON with the median wall time and the CPU time of that run."""
+    import torch
+
+    from .config import get_config
+
+    if setting != "today":
+        from .threads import set_threads
+
+        set_threads(setting.split("-")[0])
+    work_ = Path(work)
+    cfg = get_config("smoke", **json.loads((work_ / "overrides.json").read_text()))
+    runs = []
+    for _ in range(int(repeats)):
+        t, c = time.perf_counter(), time.process_time()
+        _threads_task(work_, task, cfg)
+        runs.append((time.perf_counter() - t, time.process_time() - c))
+    wall, cpu = sorted(runs)[len(runs) // 2]
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads(), "repeats": len(runs)}))
+
+
+def _threads_task(work_: Path, task: str, cfg) -> None:
+    if task == "fit":
+        from .train import fit
+
+        out = work_ / f"fit-{os.getpid()}"
+        fit(cfg, work_ / "data", out, split_csv=work_ / "base" / "split.csv", progress=False)
+        shutil.rmtree(out, ignore_errors=True)
+    else:  # the sweep's feature extraction: the trained CNN over the test split's five crops and their mirrors
+        from .ablation import extract_features
+        from .data import read_split
+        from .runner import open_stage_model
+
+        model, cfg, classes = open_stage_model(work_ / "base", device="cpu")
+        index = read_split(work_ / "base" / "split.csv", root=work_ / "data", classes=classes)
+        extract_features(model, index, cfg, "five+mirror", device="cpu")
+
+
+def _policy_env(policy: str) -> dict[str, str]:
+    from .threads import _OPENMP_KEYS, ENV, prepare_environment
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", ENV, *_OPENMP_KEYS)}
+    if policy == "cores-passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif policy != "today":
+        prepare_environment(env, policy)
+    return env
+
+
+def bench_threads(work: Path, quick: bool, policies: tuple[str, ...] = THREAD_POLICIES) -> dict[str, Any]:
+    """The smoke `fit` and the sweep's feature extraction on idle cores and beside 1, then 2, CPU-bound background
+    processes that this function starts and stops, for each thread policy; each row against the fair share."""
+    import multiprocessing as mp
+
+    from .synth import generate
+    from .threads import usable_cores
+    from .train import fit
+    from .config import get_config
+
+    root = work / "threads"
+    shutil.rmtree(root, ignore_errors=True)
+    generate(root / "data", per_class=4 if quick else 24, size=80, seed=0, progress=False)
+    overrides = {"train.device": "cpu", "train.stage_epochs": 1, "train.fusion_epochs": 1,
+                 "train.deterministic": True, **({"train.batch_size": 8} if quick else {})}
+    (root / "overrides.json").write_text(json.dumps(overrides))
+    fit(get_config("smoke", **overrides), root / "data", root / "base", until="main", progress=False)
+    cores = usable_cores()
+    loads = (0, 1) if quick else (0, 1, 2)
+    tasks = ("fit",) if quick else ("fit", "features")
+    policies = tuple(p for p in policies if not quick or p in ("today", "cores"))
+    rows = []
+    for k in loads:
+        bg = [mp.get_context("spawn").Process(target=_busy, daemon=True) for _ in range(k)]
+        for b in bg:
+            b.start()
+        time.sleep(0.5 if bg else 0)  # running before the child looks at the load
+        try:
+            for task in tasks:
+                for policy in policies:  # interleaved: the policies of one row share the same moment
+                    r = subprocess.run([sys.executable, "-c", "import sys; from emotionlib.bench import "
+                                        "_threads_child; _threads_child(*sys.argv[1:])", str(root), task, policy,
+                                        "1" if quick else "3"],
+                                       capture_output=True, text=True, env=_policy_env(policy))
+                    try:
+                        m = json.loads(r.stdout.strip().splitlines()[-1])
+                    except (IndexError, ValueError):
+                        m = {"error": (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1][:200]}
+                    rows.append({"task": task, "policy": policy, "background": k, **m})
+        finally:
+            for b in bg:
+                b.terminate()
+                b.join()
+    idle = {(r["task"], r["policy"]): r for r in rows if r["background"] == 0 and "error" not in r}
+    for r in rows:
+        base = idle.get((r["task"], r["policy"]))
+        if "error" in r or base is None:
+            continue
+        fair = fair_share(base["wall_s"], base["cpu_s"], cores, r["background"])
+        r["slowdown"] = round(r["wall_s"] / base["wall_s"], 2)
+        r["fair_share"] = round(fair, 2)
+        r["of_fair_share"] = round(r["wall_s"] / base["wall_s"] / fair, 2)
+        today = idle.get((r["task"], "today"))
+        r["idle_vs_today"] = _ratio(base["wall_s"], today["wall_s"]) if today else float("nan")
+        for key in ("wall_s", "cpu_s"):
+            r[key] = round(r[key], 2)
+    return {"cores": cores, "rows": rows, "goal": 1.25,
+            "workload": f"smoke profile, 1 epoch per stage, {8 * (4 if quick else 24)} synthetic images of 80 px, median of {1 if quick else 3} runs; features: five crops + mirrors "
+                        "of the test split",
+            "fair_share": "max(1, u (k + 1) / c): k background processes on c cores, u = CPU / wall seconds of the "
+                          "same policy's idle run"}
+
+
 # ----------------------------------------------------------------------------- goals and the report
 
 
@@ -650,6 +882,16 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
         frac = r["kinds"][k]["fraction_of_matmul"]
         add(f"training step at {r['crop']} px ({profile}): FLOP/s / matmul FLOP/s", frac, ">= 0.4", frac >= 0.4,
             f"fastest: {k}")
+    th = res.get("threads")
+    if th:
+        for r in th["rows"]:
+            if r["background"] and "of_fair_share" in r:
+                add(f"{r['task']} beside {r['background']} busy process(es), {r['policy']}: slowdown / fair share",
+                    r["of_fair_share"], "<= 1.25", r["of_fair_share"] <= 1.25,
+                    f"{r['slowdown']}x vs fair {r['fair_share']}x")
+            elif not r["background"] and r["policy"] != "today" and "idle_vs_today" in r:
+                add(f"{r['task']} on idle cores, {r['policy']} / today", r["idle_vs_today"], "<= 1.1 (noise)",
+                    r["idle_vs_today"] <= 1.1)
     inf = res.get("inference")
     if inf:
         add("cold start: emotionlib predict / import torch", inf["cold_start_ratio_to_import_torch"], "(reported)",
@@ -661,7 +903,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [f"# emotionlib bench{' (--quick)' if res['quick'] else ''}", "",
              f"CPU only: {m['cpu_count']} cores, {m['torch_threads']} torch thread(s), load average "
-             f"{m['load_average']}; torch {m['torch']}. A shared machine: the ratios, measured side by side in this "
+             f"{m['load_average']} at the start, {m.get('load_average_at_end')} at the end; torch {m['torch']}. A shared machine: the ratios, measured side by side in this "
              "run, are the result; absolute numbers are this machine at this moment."
              + ("" if m["cuda"] else " No GPU here: the bf16/NCCL paths are written but were not measured."), "",
              "| goal | measured | target | met |", "|---|---|---|---|"]
@@ -719,6 +961,19 @@ def to_markdown(res: dict[str, Any]) -> str:
                                   f"{cu['device']}, bf16, batch {cu['batch_size']}: {cu['images_per_s']} img/s, "
                                   f"{cu['tflop_per_s']} TFLOP/s = {cu['fraction_of_matmul']} of a bf16 matmul, "
                                   f"{cu['fraction_of_datasheet_peak']} of the datasheet peak")]
+    th = res.get("threads")
+    if th:
+        lines += ["", f"## A machine that is not idle ({th['cores']} cores; {th['workload']})", "",
+                  f"Fair share: {th['fair_share']}. Goal: at most {th['goal']}x the fair share.", "",
+                  "| task | background | policy | threads | wall (s) | CPU (s) | slowdown | fair share | of fair | "
+                  "idle vs today |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in th["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['task']} | {r['background']} | {r['policy']} | {r['error']} | | | | | | |")
+                continue
+            lines.append(f"| {r['task']} | {r['background']} | {r['policy']} | {r['threads']} | {r['wall_s']} | "
+                         f"{r['cpu_s']} | {r.get('slowdown', '')} | {r.get('fair_share', '')} | "
+                         f"{r.get('of_fair_share', '')} | {r.get('idle_vs_today', '') if not r['background'] else ''} |")
     inf = res.get("inference")
     if inf:
         lines += ["", f"## Inference (CPU, {inf['weights']})", "",
@@ -738,7 +993,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("input", "ablation", "training", "inference")
+SECTIONS = ("input", "ablation", "training", "inference", "threads")
 
 
 def run_bench(out: str | os.PathLike, quick: bool = False, only: tuple[str, ...] = SECTIONS,
@@ -762,6 +1017,9 @@ def run_bench(out: str | os.PathLike, quick: bool = False, only: tuple[str, ...]
     if "inference" in only:
         images = make_photo_jpegs(work / "jpegs", 48 if quick else 1000)
         res["inference"] = bench_inference(work, quick, images)
+    if "threads" in only:
+        res["threads"] = bench_threads(work, quick)
+    res["machine"]["load_average_at_end"] = machine_info()["load_average"]
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["goals"] = goals(res)
     write_json(out / "bench.json", res)
@@ -777,6 +1035,9 @@ def add_parser(sub) -> None:
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile at the smoke size (its "
                                                            "compilation takes minutes on a CPU)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: only the paper profile's bf16 training and inference images/s and the fraction of "
+                        "the chip's bf16 peak (needs an NVIDIA GPU)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -787,11 +1048,26 @@ def cmd_bench(a: argparse.Namespace) -> int:
     bad = sorted(set(only) - set(SECTIONS))
     if bad or not only:
         raise ConfigError(f"--only {a.only!r}: choose from {','.join(SECTIONS)}")
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device here (torch.cuda.is_available() is False); run it on "
+                              "a machine with an NVIDIA GPU, or leave --device out for the CPU benchmarks")
+        from .utils import write_json, write_text
+
+        r = bench_gpu(a.quick)
+        write_json(Path(a.out) / "bench-cuda.json", r)
+        write_text(Path(a.out) / "bench-cuda.md", gpu_markdown(r))
+        print(gpu_markdown(r), end="")
+        return 0
+    print(f"load average at the start: {machine_info()['load_average']} on {os.cpu_count()} cores", flush=True)
     res = run_bench(a.out, a.quick, only, compile_=a.compile)
     print((Path(a.out) / "bench.md").read_text(), end="")
     print(f"({res['seconds']} s; {Path(a.out) / 'bench.json'})")
     return 0
 
 
-__all__ = ["run_bench", "bench_input_pipeline", "bench_ablation", "bench_training", "bench_inference",
+__all__ = ["run_bench", "bench_threads", "bench_gpu", "fair_share", "peak_bf16_tflops", "forward_flops_per_image",
+           "fraction_of_peak", "bench_input_pipeline", "bench_ablation", "bench_training", "bench_inference",
            "make_photo_jpegs", "goals", "to_markdown", "add_parser"]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import EmotionLibError
+from .threads import add_argument as add_threads_argument
 
 
 def _add_synth(sub) -> None:
@@ -90,6 +91,7 @@ def _add_train(sub) -> None:
                    help="any configuration field, e.g. --set train.lr=0.01 (repeatable)")
     p.add_argument("--weights", default=None, help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
                                                     "cached file if present, else random init; 'none': random init)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -155,6 +157,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", type=Path, default=None, help="evaluate on all images of this dataset instead")
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -172,6 +175,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -202,6 +206,7 @@ def _add_small(sub) -> None:
                    help=f"comma-separated, from {','.join(SMALL_METHODS)} (default {','.join(DEFAULT_SMALL_METHODS)})")
     p.add_argument("--alexnet-weights", default=None, help="ImageNet AlexNet state dict ('none': random init)")
     p.add_argument("--resnet-weights", default=None, help="ImageNet ResNet-101 state dict ('none': random init)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_small)
 
 
@@ -229,6 +234,7 @@ def _add_table1(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
                    help="any configuration field, e.g. --set train.fusion_epochs=5 (repeatable)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_table1)
 
 
@@ -290,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(sub, argv if argv is not None else sys.argv[1:])
     a = parser.parse_args(argv)
     try:
+        # the OpenMP wait policy before anything imports torch, then the thread count: checked and applied before
+        # anything is written or trained (emotionlib.threads)
+        from .threads import parse_threads, prepare_environment, set_threads
+
+        setting = getattr(a, "threads", None)
+        setting = None if setting is None else parse_threads(setting)
+        prepare_environment(setting=setting)
+        if hasattr(a, "threads"):
+            set_threads(setting)
         return a.func(a)
     except EmotionLibError as e:
         print(f"emotionlib {a.command}: error: {e}", file=sys.stderr)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from emotionlib.errors import ConfigError, DataError
 from emotionlib.paper import CLASSES
+from emotionlib.threads import worker_init
 from emotionlib.utils import atomic_path, derive_seed, relative_path, write_csv
 
 if TYPE_CHECKING:
@@ -952,7 +953,8 @@ def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool
                         resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
                         cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
     kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=d.num_workers > 0)
+                              persistent_workers=d.num_workers > 0,
+                              worker_init_fn=worker_init if d.num_workers > 0 else None)
     if batch_sampler is not None:
         return DataLoader(ds, batch_sampler=batch_sampler, **kw)
     return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from .config import PROFILE_SETTINGS
 from .pipeline import ensure_data
+from .threads import set_threads  # the notebooks' thread parameter (torch imported on use)
 
 
 
@@ -210,4 +211,4 @@ def stage_lines(run_dir: str | os.PathLike, stages: Sequence[str] | None = None)
 
 
 __all__ = ["ACCURACY_FLOORS", "pipeline_config", "ensure_data", "open_stage_model", "branch_accuracy",
-           "stage_changes", "paper_cell_as_torch", "skipped_frame", "result_table", "data_description", "stage_lines"]
+           "stage_changes", "paper_cell_as_torch", "skipped_frame", "result_table", "data_description", "stage_lines", "set_threads"]

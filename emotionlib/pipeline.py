@@ -24,7 +24,7 @@ NOTEBOOKS = REPO / "notebooks"
 BUILTIN_DATA = REPO / "data" / "synthetic"
 DEFAULT_KERNEL = "emotionlib"
 #: What `reproduce` passes to every notebook; each must declare all of them in its `parameters` cell.
-PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed", "seeds")
+PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed", "seeds", "threads")
 _NAME = re.compile(r"\d\d_[A-Za-z0-9_-]+\.ipynb")
 
 
@@ -256,10 +256,13 @@ def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = Fals
 def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               kernel: str = DEFAULT_KERNEL, force: bool = False, device: str = "auto", seed: int = 0,
               extra: dict[str, Any] | None = None, notebooks: str | os.PathLike = NOTEBOOKS,
-              progress: bool = True, seeds: int = 3) -> Path:
+              progress: bool = True, seeds: int = 3, threads: int | str | None = None) -> Path:
     """Run every notebook on `data` with `profile` into the run folder `out` (default runs/<profile>); Table 1's
-    protocol and the probes use the seeds seed .. seed + seeds - 1 (emotionlib.experiment)."""
+    protocol and the probes use the seeds seed .. seed + seeds - 1 (emotionlib.experiment); `threads` is the
+    kernels' intra-op thread setting (emotionlib.threads: a number, "cores" or "auto"; None: $EMOTIONLIB_THREADS,
+    else "cores")."""
     from .config import PROFILES
+    from .threads import DEFAULT, ENV, parse_threads, prepare_environment
 
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
@@ -272,11 +275,17 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
         raise RunFolderError(f"--out {run} is a file, not a folder")
     data_path = Path(data) if data is not None else BUILTIN_DATA
     # absolute paths: the kernels run in the notebooks folder, not where the command was typed
+    threads = (parse_threads(os.environ.get(ENV, DEFAULT), ENV) if threads is None else
+               parse_threads(threads, "--threads"))
     params = {"profile": profile, "data_dir": str(data_path.resolve()), "run_dir": str(run.resolve()),
-              "device": device, "seed": seed, "seeds": seeds, **(extra or {})}
+              "device": device, "seed": seed, "seeds": seeds, "threads": threads, **(extra or {})}
     check_kernel(kernel)
     check_parameters(paths, params)  # before the data is generated: nothing runs on a bad command line
     ensure_data(data_path, progress=progress)
+    # the kernels inherit this environment: the wait policy before their torch loads OpenMP, and the setting for
+    # library code that runs before (or without) the notebook's own set_threads(threads)
+    prepare_environment(setting=params["threads"])
+    os.environ[ENV] = str(params["threads"])
     run_notebooks(paths, run / "notebooks", params, kernel=kernel, force=force, cwd=Path(notebooks),
                   progress=progress)
     return run
@@ -341,6 +350,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of Table 1's protocol and the probes (default 3)")
+    p.add_argument("--threads", default=None, metavar="N|cores|auto",
+                   help="the notebook kernels' CPU threads (emotionlib.threads): a number, 'cores' (default) or "
+                        "'auto' (from the load; not reproducible across loads)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="one more notebook parameter (every notebook must declare it)")
     p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of NN_topic.ipynb notebooks")
@@ -357,13 +369,13 @@ def add_parser(sub) -> None:
 def cmd_reproduce(a) -> int:
     extra = dict(_parse_param(t) for t in a.param)
     options = {"profile": "--profile", "data_dir": "--data", "run_dir": "--out", "device": "--device", "seed": "--seed",
-               "seeds": "--seeds"}
+               "seeds": "--seeds", "threads": "--threads"}
     clash = sorted(set(extra) & set(options))
     if clash:
         raise ConfigError(f"--param {clash[0]}: use the option {options[clash[0]]} instead")
     start = time.perf_counter()
     run = reproduce(a.profile, a.data, a.out, a.kernel, a.force, a.device, a.seed, extra, a.notebooks,
-                    seeds=a.seeds)
+                    seeds=a.seeds, threads=a.threads)
     print(f"pipeline finished in {time.perf_counter() - start:.0f} s: executed notebooks in {_show(run / 'notebooks')}, "
           f"figures in {_show(run / 'figures')}, tables in {_show(run / 'tables')}")
     return 0

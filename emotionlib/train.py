@@ -31,6 +31,7 @@ from .errors import CheckpointError, ConfigError, RunFolderError, TrainingError
 from .evaluate import accuracy, predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
 from .model import Stage, UnifiedCNNRNN
+from .threads import current_threads
 from .utils import autocast, derive_seed, folder_lock, progress_bar, read_json, relative_path, write_csv, write_json
 
 
@@ -318,7 +319,11 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
                                            "variant": cfg.model.variant, "profile": cfg.profile,
                                            "torch": torch.__version__, "init_from": str(init_from) if init_from else None,
                                            "init_stages": init_stages,
-                                           "world_size": world_size})
+                                           "world_size": world_size, "threads": [current_threads()]})
+    elif not run.complete:  # resumed: each start's thread count, so that runs are compared knowingly
+        meta = read_json(run.path / "run.json")
+        meta["threads"] = meta.get("threads", []) + [current_threads()]
+        write_json(run.path / "run.json", meta)
     if init_from is None:  # a resumed run keeps the base it started from
         meta = read_json(run.path / "run.json")
         init_from, init_stages = meta.get("init_from"), meta.get("init_stages")

@@ -183,3 +183,43 @@ def test_bench_refuses_an_unknown_section(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "b"), "--only", "input,gpu"]) == 2
     assert "--only 'input,gpu': choose from input,ablation,training,inference" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_cuda_refuses_without_a_gpu_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--out", str(tmp_path / "b"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("emotionlib bench: error: --device cuda: no CUDA device here")
+    assert not (tmp_path / "b").exists()
+
+
+def test_bf16_peaks_by_device_name():
+    from emotionlib.bench import peak_bf16_tflops
+
+    assert peak_bf16_tflops("NVIDIA H200") == peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0  # the longer name wins
+    assert peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and peak_bf16_tflops("NVIDIA A10") == 125.0
+    assert peak_bf16_tflops("Some Future GPU") is None
+
+
+def test_flops_per_image_and_fraction_of_peak():
+    from emotionlib.bench import forward_flops_per_image, fraction_of_peak
+
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)  # 2 * (3 * 3 * 3) FLOPs per output value, 8 * 30 * 30 values
+    assert forward_flops_per_image(conv, 32) == 2 * 27 * 8 * 30 * 30
+    model = UnifiedCNNRNN(get_config("tiny").model).eval()
+    f = forward_flops_per_image(model, 48)
+    assert f > 0 and forward_flops_per_image(model, 96) > 3 * f  # four times the pixels
+    assert fraction_of_peak(1e12, 100.0, 1000.0) == pytest.approx(0.1)  # 100 TFLOP/s of 1000
+    assert fraction_of_peak(3 * 1e9, 1000.0, 989.4) == pytest.approx(3e12 / 989.4e12)
+    assert fraction_of_peak(1e9, 10.0, None) is None
+
+
+def test_fair_share():
+    from emotionlib.bench import fair_share
+
+    assert fair_share(10.0, 20.0, cores=2, k=1) == 2.0  # both cores idle, one of two with a neighbour: 2x
+    assert fair_share(10.0, 20.0, cores=2, k=2) == 3.0
+    assert fair_share(10.0, 10.0, cores=2, k=1) == 1.0  # single-threaded: the free core costs nothing
+    assert fair_share(10.0, 10.0, cores=2, k=2) == 1.5
+    assert fair_share(10.0, 50.0, cores=2, k=1) == 2.0  # u capped at the cores

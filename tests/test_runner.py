@@ -14,7 +14,8 @@ from emotionlib import pipeline as runner  # the papermill pipeline (emotionlib.
 from emotionlib.errors import ConfigError
 
 KERNEL = "python3"  # the venv's own kernel: these tests must not need `make setup`
-PARAMS_SRC = 'profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nseed = 0\nseeds = 3'
+PARAMS_SRC = ('profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nthreads = "cores"\nseed = 0\n'
+              'seeds = 3')
 
 
 def write_nb(path: Path, body: str, params: str | None = PARAMS_SRC, n_param_cells: int = 1) -> Path:
@@ -70,7 +71,8 @@ def test_notebook_paths_refuses_an_empty_folder(tmp_path):
 def test_declared_parameters_reads_the_parameters_cell(tmp_path):
     p = write_nb(tmp_path / "01_a.ipynb", "x = 1", params=PARAMS_SRC + '\nlimit: int = 3\na = b = 2  # chained')
     assert runner.declared_parameters(p) == {"profile": '"smoke"', "data_dir": '"../data"', "run_dir": '"../run"',
-                                             "device": '"auto"', "seed": "0", "seeds": "3", "limit": "3", "a": "2",
+                                             "device": '"auto"', "threads": '"cores"', "seed": "0", "seeds": "3",
+                                             "limit": "3", "a": "2",
                                              "b": "2"}
 
 
@@ -201,6 +203,23 @@ def test_failing_notebook_stops_the_run_and_names_its_executed_copy(tmp_path, ca
     assert cli.main(argv) == 0
     assert log(tmp_path) == ["01_ok 0", "02_fail 0", "02_fail 0", "03_after 0"]
     assert "01_ok.ipynb: complete" in capsys.readouterr().err
+
+
+def test_reproduce_passes_threads_to_the_kernels(tmp_path, monkeypatch):
+    """The notebooks' `threads` parameter, and the kernels' environment: the setting (EMOTIONLIB_THREADS) and the
+    passive wait policy, which must be there before the kernel's torch loads OpenMP."""
+    for k in ("EMOTIONLIB_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(runner, "ensure_data", lambda *a, **k: None)
+    body = ('import os\nfrom pathlib import Path\nPath(run_dir).mkdir(parents=True, exist_ok=True)\n'
+            '(Path(run_dir) / "env.txt").write_text("%s %s %s" % (threads, os.environ.get("EMOTIONLIB_THREADS"), '
+            'os.environ.get("OMP_WAIT_POLICY")))')
+    write_nb(tmp_path / "nbs" / "01_a.ipynb", body)
+    runner.reproduce("tiny", None, tmp_path / "run", KERNEL, notebooks=tmp_path / "nbs", progress=False, threads="auto")
+    assert (tmp_path / "run" / "env.txt").read_text() == "auto auto PASSIVE"
+    with pytest.raises(ConfigError, match="^--threads 'abc'"):
+        runner.reproduce("tiny", None, tmp_path / "run2", KERNEL, notebooks=tmp_path / "nbs", progress=False,
+                         threads="abc")
 
 
 def test_stage_lines_print_one_line_per_stage(tmp_path):
