@@ -12,6 +12,8 @@ PROFILE ?= smoke
 DATA ?= data/synthetic
 RUN ?= runs/$(PROFILE)
 SEEDS ?= 3
+SMALL ?=
+LAYOUT ?= artphoto
 KERNEL := emotionlib
 
 .PHONY: setup reproduce test unit lint format lab bench bench-cuda data clean-runs notebooks
@@ -32,7 +34,7 @@ data: $(DATA)/synth_meta.json
 	$(BIN)/emotionlib data $(DATA)
 
 reproduce: setup
-	$(BIN)/emotionlib reproduce --profile $(PROFILE) --out $(RUN) --seeds $(SEEDS) --kernel $(KERNEL) $(if $(filter-out data/synthetic,$(DATA)),--data $(DATA),)
+	$(BIN)/emotionlib reproduce --profile $(PROFILE) --out $(RUN) --seeds $(SEEDS) --kernel $(KERNEL) $(if $(filter-out data/synthetic,$(DATA)),--data $(DATA),) $(if $(SMALL),--small-data $(SMALL) --layout $(LAYOUT),)
 
 # nbval runs the committed notebooks in file order in notebooks/ and compares the cells marked
 # NBVAL_CHECK_OUTPUT with their committed outputs (notebooks/README.md).

@@ -979,3 +979,20 @@ def summarise(index: DatasetIndex) -> "pd.DataFrame":
                      "height_min": stat(h, np.min), "height_median": stat(h, np.median),
                      "height_max": stat(h, np.max)})
     return pd.DataFrame(rows).set_index("class")
+
+
+def write_loader_demo(folder: str | os.PathLike, good: Sequence[str | os.PathLike], label: str,
+                      other: str = "anger") -> Path:
+    """A dataset folder that shows what `scan_folder` leaves out: the `good` images in class `label` beside a
+    truncated copy of the first and a text file named like an image, and the last good image in class `other`."""
+    folder = Path(folder)
+    good = [Path(p) for p in good]
+    cls = folder / label
+    cls.mkdir(parents=True, exist_ok=True)
+    for p in good:
+        (cls / p.name).write_bytes(p.read_bytes())
+    (cls / "truncated.jpg").write_bytes(good[0].read_bytes()[:300])  # a download cut short
+    (cls / "notes.jpg").write_text("not an image")  # the right suffix, the wrong content
+    (folder / other).mkdir(exist_ok=True)
+    (folder / other / "x.jpg").write_bytes(good[-1].read_bytes())
+    return folder

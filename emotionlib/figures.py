@@ -171,27 +171,28 @@ def plot_training_curves(summary, columns: dict[str, str], stages=None, title: s
 
 def plot_accuracy(ours: dict[str, float], reference: dict[str, float] | None = None, chance: float | None = None,
                   ours_label: str = "this run", reference_label: str = "paper (FI)"):
-    """Accuracy bars, all in %: this run's beside the paper's, each labelled with its source, so a number measured
-    here is never mistaken for one quoted from the paper. `chance` (in %) draws a dotted line."""
+    """Accuracy bars, all in %: this run's in one panel and, given a `reference`, the paper's in a panel of its own
+    beside it, each titled with its source, so a number quoted from the paper on FI is never read off this run's
+    axis. `chance` (in %, this run's) draws a dotted line."""
     import matplotlib.pyplot as plt
 
-    reference = reference or {}
-    names = list(dict.fromkeys([*ours, *reference]))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.2))
-    width = 0.4
-    for side, values, label in ((-1, ours, ours_label), (1, reference, reference_label)):
-        if values:  # a name with both numbers gets two bars side by side, one with a single number is centred
-            x = [i + (side * width / 2 if n in ours and n in reference else 0) for i, n in enumerate(names)
-                 if n in values]
-            bars = ax.bar(x, [values[n] for n in names if n in values], width, label=label)
-            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    panels = [(ours, ours_label, "C0")] + ([(reference, reference_label, "0.45")] if reference else [])
+    widths = [max(len(v), 1) + 0.6 for v, _, _ in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 0.8 * sum(widths) + 1.5), 3.4), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (values, label, colour) in zip(axes[0], panels):
+        bars = ax.bar(range(len(values)), list(values.values()), 0.6, color=colour)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(values)), list(values))
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+        ax.set_xlim(-0.6, len(values) - 0.4)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(label, fontsize=9)
     if chance is not None:
-        ax.axhline(chance, color="0.4", ls=":", lw=1, label="chance")
-    ax.set_xticks(range(len(names)), names)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(frameon=False, fontsize=8, loc="upper left")
+        axes[0][0].axhline(chance, color="0.4", ls=":", lw=1, label="chance")
+        axes[0][0].legend(frameon=False, fontsize=8, loc="upper left")
+    fig.tight_layout()
     return fig
 
 
@@ -282,8 +283,8 @@ def plot_table1(table, runs, run_label: str, chance: float | None = None, ceilin
 
 def plot_claims(claims, run_label: str):
     """Each comparison of Sec. 4.3: the paired difference a - b per seed (dots), its mean and 95 % interval, coloured
-    by verdict; the zero line, and for 'comparable' claims the equivalence band. The paper's FI difference as a
-    black diamond on the same scale (points of accuracy), for the direction only."""
+    by verdict; the zero line, and for 'comparable' claims the equivalence band. The paper's FI difference is in a
+    panel of its own beside it (same rows, its own axis): a difference on FI is not one measured on this data."""
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.lines import Line2D
@@ -291,8 +292,10 @@ def plot_claims(claims, run_label: str):
     from .experiment import EQUIVALENCE_MARGIN
 
     y = np.arange(len(claims))[::-1]
-    fig, ax = plt.subplots(figsize=(9.5, 0.5 * len(claims) + 1.8))
+    fig, (ax, ax_fi) = plt.subplots(1, 2, figsize=(11, 0.5 * len(claims) + 1.9), sharey=True,
+                                    gridspec_kw={"width_ratios": [3, 1]})
     ax.axvline(0, color="k", lw=0.8)
+    ax_fi.axvline(0, color="k", lw=0.8)
     for yi, r in zip(y, claims.itertuples()):
         c = VERDICT_COLOURS[r.verdict]
         if r.kind == "comparable":
@@ -303,13 +306,17 @@ def plot_claims(claims, run_label: str):
         ax.plot(seeds, np.full(len(seeds), yi), "o", color=c, ms=3.5, alpha=0.8)
         ax.plot([r.mean_diff], [yi], "|", color=c, ms=14, mew=2)
         if not np.isnan(r.paper_FI_diff):
-            ax.plot([r.paper_FI_diff], [yi], "D", color="k", ms=5)
+            ax_fi.plot([r.paper_FI_diff], [yi], "D", color="k", ms=5)
+            ax_fi.annotate(f"{r.paper_FI_diff:+.2f}", (r.paper_FI_diff, yi), xytext=(0, 6),
+                           textcoords="offset points", ha="center", fontsize=7)
     ax.set_yticks(y, [f"{r.comparison}: {r.verdict}" for r in claims.itertuples()], fontsize=9)
-    ax.set_xlabel("difference in test accuracy, a - b (points)")
+    ax.set_xlabel("this run: difference in test accuracy, a - b (points)")
     ax.set_title(f"Sec. 4.3's comparisons, {run_label}", fontsize=10)
+    ax_fi.set_xlabel("paper, FI: a - b (points)")
+    ax_fi.set_title("paper, Table 1 (FI)", fontsize=10)
+    ax_fi.margins(x=0.25)
     handles = [Line2D([], [], color=c, lw=2.5, label=k) for k, c in VERDICT_COLOURS.items()]
-    handles += [Line2D([], [], color="grey", marker="o", ls="", ms=3.5, label="one seed"),
-                Line2D([], [], color="k", marker="D", ls="", ms=5, label="paper, FI")]
+    handles += [Line2D([], [], color="grey", marker="o", ls="", ms=3.5, label="one seed")]
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=5, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
@@ -668,5 +675,33 @@ def plot_tpr(table: pd.DataFrame, title: str | None = None, metric: str = "ova_t
     ax.set_ylabel(name.split(":")[0])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(name if not title else f"{name}\n{title}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_boxes_on_image(image, boxes: dict, title: str = "", size: float = 4.2):
+    """Nested boxes (label -> (left, top, right, bottom), right and bottom exclusive) drawn on one image, e.g. the
+    receptive fields of pool1-pool4 at one unit. A box that reaches every border is dashed: it was clipped there."""
+    import matplotlib.patheffects as pe
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(size, size + 0.35 * len(boxes)))
+    ax.imshow(image, interpolation="nearest", extent=(0, w, h, 0))
+    for k, (label, (left, top, right, bottom)) in enumerate(boxes.items()):
+        clipped = (left, top, right, bottom) == (0, 0, w, h)
+        # inset by a fraction of a pixel per box so that boxes clipped at the same border stay visible
+        inset = 0.4 * k
+        ax.add_patch(Rectangle((left + inset, top + inset), right - left - 2 * inset, bottom - top - 2 * inset,
+                               fill=False, lw=2, ls="--" if clipped else "-", color=f"C{k}", label=label,
+                               path_effects=[pe.withStroke(linewidth=3.5, foreground="white")]))  # any image
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=1, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

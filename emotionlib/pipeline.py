@@ -24,7 +24,9 @@ NOTEBOOKS = REPO / "notebooks"
 BUILTIN_DATA = REPO / "data" / "synthetic"
 DEFAULT_KERNEL = "emotionlib"
 #: What `reproduce` passes to every notebook; each must declare all of them in its `parameters` cell.
-PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed", "seeds", "threads")
+PIPELINE_PARAMETERS = ("profile", "data_dir", "run_dir", "device", "seed", "seeds", "threads", "overrides")
+#: Notebook 07's small dataset (Sec. 4.4): `reproduce` passes these only to the notebooks that declare them.
+SMALL_PARAMETERS = ("small_data_dir", "layout", "folds")
 _NAME = re.compile(r"\d\d_[A-Za-z0-9_-]+\.ipynb")
 
 
@@ -169,8 +171,10 @@ def _engine():
 
 def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[str, Any], *,
                   kernel: str = DEFAULT_KERNEL, force: bool = False, cwd: str | os.PathLike | None = None,
-                  progress: bool = True) -> list[dict[str, Any]]:
+                  progress: bool = True, local: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Execute `paths` in order into `out_dir` (same file names) with `params`; return one record per notebook.
+    `local` parameters go only to the notebooks that declare them (notebook 07's small dataset); each must be
+    declared by at least one.
 
     Everything is checked before the first cell runs: the kernel, and that each notebook declares each parameter.
     A notebook whose executed copy is complete (`executed_copy_state`) is skipped unless `force`. The first
@@ -184,13 +188,20 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
     paths = [Path(p) for p in paths]
     check_kernel(kernel)
     check_parameters(paths, params)
+    local = dict(local or {})
+    declared = {p: set(declared_parameters(p)) for p in paths}
+    unused = sorted(set(local) - set().union(*declared.values()))
+    if unused:
+        raise ConfigError(f"no notebook declares the parameter {', '.join(unused)}; add it to the notebook that "
+                          "needs it or do not pass it")
+    each = {p: {**params, **{k: v for k, v in local.items() if k in declared[p]}} for p in paths}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cwd = Path(cwd) if cwd is not None else paths[0].parent
     engine = _engine()
-    plan = [(p, out_dir / p.name, "forced" if force else executed_copy_state(out_dir / p.name, params, p))
+    plan = [(p, out_dir / p.name, "forced" if force else executed_copy_state(out_dir / p.name, each[p], p))
             for p in paths]
-    sizes = [len(_read(p).cells) + (1 if params else 0) for p in paths]  # + papermill's injected cell
+    sizes = [len(_read(p).cells) + (1 if each[p] else 0) for p in paths]  # + papermill's injected cell
     records: list[dict[str, Any]] = []
     log = out_dir / "pipeline.json"
     earlier = {}  # a skipped notebook keeps the time of the run that made its executed copy
@@ -212,8 +223,8 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
             bar.write(f"{src.name}: running ({why})", file=sys.stderr)
             bar.set_postfix_str(src.name)
             try:
-                pm.execute_notebook(src, dst, parameters=params, kernel_name=kernel, cwd=str(cwd), engine_name=engine,
-                                    progress_bar=False, overall_bar=bar)
+                pm.execute_notebook(src, dst, parameters=each[src], kernel_name=kernel, cwd=str(cwd),
+                                    engine_name=engine, progress_bar=False, overall_bar=bar)
             except pm.PapermillExecutionError as e:
                 evalue = (str(e.evalue).strip().splitlines() or [""])[0][:200]
                 raise NotebookError(f"{src.name} failed in cell {e.exec_count} ({e.ename}: {evalue}); the traceback "
@@ -224,10 +235,10 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
             seconds = round(time.perf_counter() - start, 1)
             bar.write(f"{src.name}: done in {seconds:.0f} s -> {_show(dst)}", file=sys.stderr)
             records.append({"notebook": src.name, "status": "executed", "seconds": seconds})
-            write_json(log, {"parameters": params, "kernel": kernel, "notebooks": records})
+            write_json(log, {"parameters": params, "local": local, "kernel": kernel, "notebooks": records})
     finally:
         bar.close()
-    write_json(log, {"parameters": params, "kernel": kernel, "notebooks": records})
+    write_json(log, {"parameters": params, "local": local, "kernel": kernel, "notebooks": records})
     return records
 
 
@@ -253,15 +264,31 @@ def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = Fals
     return path
 
 
+def _check_types(cfg, overrides: dict[str, Any]) -> None:
+    """A number or true/false where the configuration has one: validation compares values and would fail with a
+    TypeError deep inside on --set train.lr=abc."""
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        default = getattr(getattr(cfg, section, None), name, None)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"--set {key}={value!r}: give true or false")
+        elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"--set {key}={value!r}: give a number (the profile's is {default})")
+
+
 def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               kernel: str = DEFAULT_KERNEL, force: bool = False, device: str = "auto", seed: int = 0,
               extra: dict[str, Any] | None = None, notebooks: str | os.PathLike = NOTEBOOKS,
-              progress: bool = True, seeds: int = 3, threads: int | str | None = None) -> Path:
+              progress: bool = True, seeds: int = 3, threads: int | str | None = None,
+              overrides: dict[str, Any] | None = None, small_data: str | os.PathLike | None = None,
+              layout: str | None = None, folds: int | None = None) -> Path:
     """Run every notebook on `data` with `profile` into the run folder `out` (default runs/<profile>); Table 1's
     protocol and the probes use the seeds seed .. seed + seeds - 1 (emotionlib.experiment); `threads` is the
     kernels' intra-op thread setting (emotionlib.threads: a number, "cores" or "auto"; None: $EMOTIONLIB_THREADS,
-    else "cores")."""
-    from .config import PROFILES
+    else "cores"). `overrides` (dotted configuration keys) reach every notebook's configuration; `small_data`,
+    `layout`, `folds` notebook 07's."""
+    from .config import PROFILES, get_config
     from .threads import DEFAULT, ENV, parse_threads, prepare_environment
 
     if profile not in PROFILES:
@@ -273,12 +300,26 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     run = Path(out) if out is not None else REPO / "runs" / profile
     if run.exists() and not run.is_dir():
         raise RunFolderError(f"--out {run} is a file, not a folder")
+    overrides = dict(overrides or {})
+    _check_types(get_config(profile), overrides)
+    try:  # the configuration's own validation, before anything runs
+        get_config(profile, **overrides)
+    except ConfigError as e:
+        raise ConfigError(f"--set: {e}") from None
     data_path = Path(data) if data is not None else BUILTIN_DATA
+    needs_small = any("small_data_dir" in declared_parameters(p) for p in paths)
+    if needs_small and small_data is None and data_path.resolve() != BUILTIN_DATA.resolve():
+        # else notebook 07 would report Sec. 4.4 on the built-in stand-in beside a model trained on `data`
+        raise ConfigError(f"--data {data_path} is not the built-in data: give notebook 07's small dataset with "
+                          "--small-data DIR (and --layout artphoto or iaps)")
     # absolute paths: the kernels run in the notebooks folder, not where the command was typed
     threads = (parse_threads(os.environ.get(ENV, DEFAULT), ENV) if threads is None else
                parse_threads(threads, "--threads"))
     params = {"profile": profile, "data_dir": str(data_path.resolve()), "run_dir": str(run.resolve()),
-              "device": device, "seed": seed, "seeds": seeds, "threads": threads, **(extra or {})}
+              "device": device, "seed": seed, "seeds": seeds, "threads": threads, "overrides": overrides,
+              **(extra or {})}
+    local = {k: v for k, v in (("small_data_dir", None if small_data is None else str(Path(small_data).resolve())),
+                               ("layout", layout), ("folds", folds)) if v is not None}
     check_kernel(kernel)
     check_parameters(paths, params)  # before the data is generated: nothing runs on a bad command line
     ensure_data(data_path, progress=progress)
@@ -287,7 +328,7 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     prepare_environment(setting=params["threads"])
     os.environ[ENV] = str(params["threads"])
     run_notebooks(paths, run / "notebooks", params, kernel=kernel, force=force, cwd=Path(notebooks),
-                  progress=progress)
+                  progress=progress, local=local)
     return run
 
 
@@ -330,9 +371,9 @@ def refresh_notebooks(notebooks: str | os.PathLike = NOTEBOOKS, kernel: str = DE
 # ----------------------------------------------------------------------------- command line
 
 
-def _parse_param(text: str) -> tuple[str, Any]:
+def _parse_param(text: str, option: str = "--param", example: str = "seed=1") -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(f"--param {text!r}: use NAME=VALUE, e.g. --param seed=1")
+        raise ConfigError(f"{option} {text!r}: use NAME=VALUE, e.g. {option} {example}")
     k, v = text.split("=", 1)
     try:
         return k.strip(), json.loads(v)
@@ -353,6 +394,12 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", default=None, metavar="N|cores|auto",
                    help="the notebook kernels' CPU threads (emotionlib.threads): a number, 'cores' (default) or "
                         "'auto' (from the load; not reproducible across loads)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="a dotted configuration key for every notebook, e.g. --set train.stage_epochs=2 (repeatable)")
+    p.add_argument("--small-data", type=Path, default=None, help="notebook 07's small dataset (Sec. 4.4; default: "
+                                                                 "the built-in stand-in, only with the built-in data)")
+    p.add_argument("--layout", default=None, help="the small dataset's layout: artphoto or iaps (data/README.md)")
+    p.add_argument("--folds", type=int, default=None, help="cross-validation folds on the small dataset (default 5)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="one more notebook parameter (every notebook must declare it)")
     p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of NN_topic.ipynb notebooks")
@@ -369,13 +416,16 @@ def add_parser(sub) -> None:
 def cmd_reproduce(a) -> int:
     extra = dict(_parse_param(t) for t in a.param)
     options = {"profile": "--profile", "data_dir": "--data", "run_dir": "--out", "device": "--device", "seed": "--seed",
-               "seeds": "--seeds", "threads": "--threads"}
+               "seeds": "--seeds", "threads": "--threads", "overrides": "--set", "small_data_dir": "--small-data",
+               "layout": "--layout", "folds": "--folds"}
     clash = sorted(set(extra) & set(options))
     if clash:
         raise ConfigError(f"--param {clash[0]}: use the option {options[clash[0]]} instead")
     start = time.perf_counter()
+    overrides = dict(_parse_param(t, "--set", "train.stage_epochs=2") for t in a.overrides)
     run = reproduce(a.profile, a.data, a.out, a.kernel, a.force, a.device, a.seed, extra, a.notebooks,
-                    seeds=a.seeds, threads=a.threads)
+                    seeds=a.seeds, threads=a.threads, overrides=overrides, small_data=a.small_data, layout=a.layout,
+                    folds=a.folds)
     print(f"pipeline finished in {time.perf_counter() - start:.0f} s: executed notebooks in {_show(run / 'notebooks')}, "
           f"figures in {_show(run / 'figures')}, tables in {_show(run / 'tables')}")
     return 0

@@ -70,6 +70,16 @@ SYNTHETIC_SMALL = {"per_class": 25, "layout": "artphoto", "seed": 1, "shift": 0.
 # ----------------------------------------------------------------------------- data, classes, folds
 
 
+def stand_in_note(large_dir: str | os.PathLike, small_dir: str | os.PathLike) -> str | None:
+    """A plain sentence when the model was trained on real data but the small dataset is the synthetic stand-in
+    (e.g. a paper run on FI whose notebook 07 kept its default): Sec. 4.4 would then say nothing about ArtPhoto."""
+    if (Path(small_dir) / "synth_meta.json").exists() and not (Path(large_dir) / "synth_meta.json").exists():
+        return (f"The model was trained on {Path(large_dir).name}, real data, but the small dataset here is the "
+                f"built-in synthetic stand-in ({Path(small_dir).name}): these numbers are not Sec. 4.4 on ArtPhoto "
+                "or IAPS. Give small_data_dir (emotionlib reproduce --small-data DIR --layout ...).")
+    return None
+
+
 def ensure_small_data(path: str | os.PathLike, progress: bool = False) -> Path:
     """The small dataset folder: generated (SYNTHETIC_SMALL) when missing; a folder of real images is left alone."""
     from .synth import ensure
@@ -366,4 +376,4 @@ def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
 __all__ = ["run_small", "ensure_small_data", "SYNTHETIC_SMALL", "stratified_folds", "exclude_small_classes",
            "cross_validated_scores", "tpr_summary", "tpr_table", "load_table", "summary_table", "plot_tpr",
            "unified_features", "open_small_dataset", "metric_chance", "metric_label", "METRICS", "METHODS",
-           "DEFAULT_METHODS", "LAYOUTS", "PAPER_NOTE"]
+           "DEFAULT_METHODS", "LAYOUTS", "PAPER_NOTE", "stand_in_note"]

@@ -18,7 +18,7 @@ from conftest import write_image
 from emotionlib.data import (
     IMAGENET_MEAN, IMAGENET_STD, MIKELS_EMOTIONS, DatasetIndex, EmotionDataset, PairBatchSampler, Sample,
     five_crop_boxes, load_image, make_split, open_dataset, read_split, scan_artphoto, scan_folder, scan_iaps,
-    scan_manifest, summarise, write_split,
+    scan_manifest, summarise, write_loader_demo, write_split,
 )
 from emotionlib.errors import ConfigError, DataError
 
@@ -617,3 +617,11 @@ def test_index_subset_keeps_class_indices():
     idx = DatasetIndex(Path("."), ["awe", "fear"], [Sample(Path("a"), "fear", split="test"),
                                                     Sample(Path("b"), "awe", split="train")], [])
     assert idx.subset("test").targets == [1] and idx.subset("test").counts() == {"awe": 0, "fear": 1}
+
+
+def test_loader_demo_shows_a_truncated_and_a_fake_image_left_out(tmp_path):
+    good = [write_image(tmp_path / "src" / f"{i}.jpg", size=(64, 48)) for i in range(2)]
+    index = scan_folder(write_loader_demo(tmp_path / "demo", good, "awe"))
+    assert sorted((s.label, Path(s.path).name) for s in index.samples) == [("anger", "x.jpg"), ("awe", "0.jpg"),
+                                                                           ("awe", "1.jpg")]
+    assert sorted(Path(p).name for p, _ in index.skipped) == ["notes.jpg", "truncated.jpg"]

@@ -58,3 +58,37 @@ def test_plot_counts_beside_keeps_each_source_on_its_own_axis():
     assert sum(paper.FI_CLASS_COUNTS.values()) == 23308
     shares = [t.get_text() for t in b.texts]
     assert shares[1] == "5 %" and shares[6] == "4 %"  # anger and fear: the rare classes
+
+
+def test_plot_boxes_on_image_draws_each_box_and_dashes_the_clipped_one():
+    image = np.zeros((64, 64, 3), np.uint8)
+    boxes = {"pool1": (30, 30, 36, 36), "pool2": (20, 20, 46, 46), "pool4": (0, 0, 64, 64)}
+    fig = figures.plot_boxes_on_image(image, boxes, "t")
+    ax = fig.axes[0]
+    drawn = {p.get_label(): p for p in ax.patches}
+    assert list(drawn) == list(boxes)
+    assert drawn["pool1"].get_width() == 6 and drawn["pool1"].get_xy() == (30, 30)
+    assert drawn["pool4"].get_linestyle() == "--" and drawn["pool2"].get_linestyle() == "-"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(boxes)
+
+
+def test_plot_accuracy_puts_the_papers_numbers_on_their_own_axis():
+    fig = figures.plot_accuracy({"FC_1": 40.0, "Bi-GRU": 90.0}, {"Bi-GRU": 73.03}, chance=12.5,
+                                ours_label="this run", reference_label="paper, FI")
+    ours, paper = fig.axes
+    assert [t.get_text() for t in ours.get_xticklabels()] == ["FC_1", "Bi-GRU"]
+    assert [p.get_height() for p in ours.patches] == [40.0, 90.0]
+    assert [p.get_height() for p in paper.patches] == [73.03]
+    assert (ours.get_title(), paper.get_title()) == ("this run", "paper, FI")
+    assert len(figures.plot_accuracy({"a": 1.0}).axes) == 1  # no reference, no second panel
+
+
+def test_plot_claims_puts_the_papers_fi_difference_in_its_own_panel():
+    import pandas as pd
+
+    claims = pd.DataFrame([{"comparison": "a vs b", "kind": "better", "per_seed": "+1.0 -2.0 +0.5", "mean_diff": -0.17,
+                            "ci_low": -3.9, "ci_high": 3.6, "verdict": "undecided", "paper_FI_diff": 7.17}])
+    fig = figures.plot_claims(claims, "smoke")
+    ours, paper = fig.axes
+    assert [list(line.get_xdata()) for line in paper.lines if line.get_marker() == "D"] == [[7.17]]
+    assert not [line for line in ours.lines if line.get_marker() == "D"]

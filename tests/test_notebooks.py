@@ -17,7 +17,7 @@ from emotionlib import notebook, pipeline
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if re.fullmatch(r"\d\d_[A-Za-z0-9_-]+\.ipynb", p.name))
 DEFAULTS = {"profile": '"smoke"', "data_dir": '"../data/synthetic"', "run_dir": '"../runs/smoke"',
-            "device": '"auto"', "threads": '"cores"', "seed": "0", "seeds": "3"}
+            "device": '"auto"', "threads": '"cores"', "seed": "0", "seeds": "3", "overrides": "{}"}
 MACHINE_PATHS = ["/work", "/tmp", "/root", "/home/", sys.prefix, str(Path.home())]
 #: equations each notebook implements (Sec. 3.2: Eq. 1-5; Sec. 3.3: Eq. 6-11)
 EQUATIONS = {"02_branches.ipynb": range(1, 6), "03_fusion.ipynb": range(6, 12)}

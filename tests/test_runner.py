@@ -15,7 +15,7 @@ from emotionlib.errors import ConfigError
 
 KERNEL = "python3"  # the venv's own kernel: these tests must not need `make setup`
 PARAMS_SRC = ('profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nthreads = "cores"\nseed = 0\n'
-              'seeds = 3')
+              'seeds = 3\noverrides = {}')
 
 
 def write_nb(path: Path, body: str, params: str | None = PARAMS_SRC, n_param_cells: int = 1) -> Path:
@@ -72,8 +72,7 @@ def test_declared_parameters_reads_the_parameters_cell(tmp_path):
     p = write_nb(tmp_path / "01_a.ipynb", "x = 1", params=PARAMS_SRC + '\nlimit: int = 3\na = b = 2  # chained')
     assert runner.declared_parameters(p) == {"profile": '"smoke"', "data_dir": '"../data"', "run_dir": '"../run"',
                                              "device": '"auto"', "threads": '"cores"', "seed": "0", "seeds": "3",
-                                             "limit": "3", "a": "2",
-                                             "b": "2"}
+                                             "overrides": "{}", "limit": "3", "a": "2", "b": "2"}
 
 
 @pytest.mark.parametrize("n", [0, 2])
@@ -146,6 +145,67 @@ def test_reproduce_refuses_a_seed_count_below_one(tmp_path, capsys, seeds):
 def test_cli_refuses_a_pipeline_parameter_passed_as_param(tmp_path, capsys):
     assert cli.main(["reproduce", "--param", "data_dir=x", "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.strip() == "emotionlib reproduce: error: --param data_dir: use the option --data instead"
+
+
+def _capture_run(monkeypatch) -> list[tuple[dict, dict]]:
+    """reproduce's call to run_notebooks, without running anything: [(params, local)]."""
+    seen = []
+    for k in ("EMOTIONLIB_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT"):  # reproduce sets them
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(runner, "ensure_data", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "run_notebooks", lambda paths, out, params, **k: seen.append((params, k["local"])))
+    return seen
+
+
+def test_cli_set_reaches_every_notebooks_overrides(tmp_path, monkeypatch):
+    pipeline(tmp_path / "nbs")
+    seen = _capture_run(monkeypatch)
+    assert cli.main(["reproduce", "--kernel", KERNEL, "--notebooks", str(tmp_path / "nbs"), "--out",
+                     str(tmp_path / "r"), "--set", "train.stage_epochs=2", "--set", "train.optimizer=sgd"]) == 0
+    assert seen[0][0]["overrides"] == {"train.stage_epochs": 2, "train.optimizer": "sgd"}
+
+
+def test_notebooks_declare_overrides_and_apply_them_to_their_configuration():
+    # 02 trains what 03 resumes: both (and every notebook that builds one) must build the same configuration
+    for p in runner.notebook_paths(runner.NOTEBOOKS):
+        assert "overrides" in runner.declared_parameters(p), p.name
+        code = "\n".join(c.source for c in runner._read(p).cells if c.cell_type == "code")
+        assert code.count("runner.pipeline_config(") == code.count("**overrides)"), p.name
+
+
+@pytest.mark.parametrize("key, message", [("train.no_such=1", "TrainConfig has no field 'no_such'"),
+                                          ("train.batch_size=3", "train.batch_size=3: the contrastive loss"),
+                                          ("train.lr=abc", "--set train.lr='abc': give a number"),
+                                          ("data.mirror=1", "--set data.mirror=1: give true or false")])
+def test_cli_refuses_a_bad_set_in_one_line_before_anything_runs(tmp_path, monkeypatch, capsys, key, message):
+    pipeline(tmp_path / "nbs")
+    seen = _capture_run(monkeypatch)
+    assert cli.main(["reproduce", "--kernel", KERNEL, "--notebooks", str(tmp_path / "nbs"), "--out",
+                     str(tmp_path / "r"), "--set", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emotionlib reproduce: error: --set") and message in err and "\n" not in err
+    assert seen == [] and not (tmp_path / "r").exists()
+
+
+def test_reproduce_on_other_data_needs_the_small_dataset(tmp_path, monkeypatch, capsys):
+    # else notebook 07 would report Sec. 4.4 on the built-in stand-in beside a model trained on FI
+    pipeline(tmp_path / "nbs")
+    write_nb(tmp_path / "nbs" / "07_small.ipynb", "pass",
+             params=PARAMS_SRC + '\nsmall_data_dir = "x"\nlayout = "artphoto"\nfolds = 5')
+    seen = _capture_run(monkeypatch)
+    (tmp_path / "FI").mkdir()
+    args = ["reproduce", "--kernel", KERNEL, "--notebooks", str(tmp_path / "nbs"), "--out", str(tmp_path / "r"),
+            "--data", str(tmp_path / "FI")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not the built-in data" in err and "--small-data DIR" in err and "\n" not in err and seen == []
+    assert cli.main(args + ["--small-data", str(tmp_path / "art"), "--layout", "iaps", "--folds", "3"]) == 0
+    assert seen[0][1] == {"small_data_dir": str((tmp_path / "art").resolve()), "layout": "iaps", "folds": 3}
+
+
+def test_notebook_07_declares_the_small_dataset_parameters():
+    nb07 = runner.NOTEBOOKS / "07_small_datasets.ipynb"
+    assert set(runner.SMALL_PARAMETERS) <= set(runner.declared_parameters(nb07))
 
 
 # ----------------------------------------------------------------------------- with a kernel (a few seconds each)
@@ -230,3 +290,18 @@ def test_stage_lines_print_one_line_per_stage(tmp_path):
         " branch1: 2 epochs, train loss 1.500, train acc 40.0 %, val acc 35.0 %",
         "  fusion: 1 epochs, train loss 1.000, train acc 60.0 %, val acc 50.0 %"]
     assert notebook.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
+    assert notebook.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
+
+
+def test_local_parameters_reach_only_the_notebooks_that_declare_them(tmp_path):
+    nbs = tmp_path / "nbs"
+    first = write_nb(nbs / "01_a.ipynb", LOG.format(name="01_a"), params=PARAMS_SRC + "\nfolds = 5")
+    second = write_nb(nbs / "02_b.ipynb", LOG.format(name="02_b"))  # declares no `folds`
+    with pytest.raises(ConfigError, match="no notebook declares the parameter nope"):
+        runner.run_notebooks([first, second], tmp_path / "out", params(tmp_path), kernel=KERNEL, progress=False,
+                             local={"nope": 1})
+    runner.run_notebooks([first, second], tmp_path / "out", params(tmp_path), kernel=KERNEL, progress=False,
+                         local={"folds": 3})
+    ran_with = [nbformat.read(tmp_path / "out" / n, as_version=4).metadata.papermill.parameters
+                for n in ("01_a.ipynb", "02_b.ipynb")]
+    assert ran_with[0] == params(tmp_path, folds=3) and ran_with[1] == params(tmp_path)

@@ -270,3 +270,15 @@ def test_cli_errors_are_one_line_with_exit_code_2(pretrained, small_data, tmp_pa
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and needle in err and err.startswith("emotionlib small: error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_stand_in_note_only_when_real_large_data_meets_the_synthetic_small_set(tmp_path):
+    synth_large, synth_small, fi, art = (tmp_path / n for n in ("synthetic", "synthetic-small", "FI", "ArtPhoto"))
+    for d in (synth_large, synth_small, fi, art):
+        d.mkdir()
+    for d in (synth_large, synth_small):
+        (d / "synth_meta.json").write_text("{}")
+    note = S.stand_in_note(fi, synth_small)
+    assert note.startswith("The model was trained on FI, real data, but the small dataset here is the built-in")
+    assert "--small-data" in note
+    assert S.stand_in_note(synth_large, synth_small) is None and S.stand_in_note(fi, art) is None
