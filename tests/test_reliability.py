@@ -413,7 +413,8 @@ def test_sigint_of_reproduce_gives_advice_that_holds(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    params = new_code_cell('profile = "tiny"\ndata_dir = ""\nrun_dir = ""\ndevice = "cpu"\nseed = 0\nseeds = 3')
+    params = new_code_cell('profile = "tiny"\ndata_dir = ""\nrun_dir = ""\ndevice = "cpu"\nseed = 0\nseeds = 3\n'
+                            'threads = "cores"\noverrides = {}')
     params.metadata["tags"] = ["parameters"]
     nb = new_notebook(cells=[params, new_code_cell("import time\nprint('started', flush=True)\ntime.sleep(60)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
