@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make reproduce   set up .venv, generate the built-in data if missing, run the notebook pipeline on it
-#   make test        the same set-up, then the whole test suite (unit tests, end-to-end runs, nbval)
+#   make test        the same set-up, then the linter and the whole test suite (unit tests, end-to-end runs, nbval)
+#   make unit        the unit tests alone (no end-to-end training, no notebook): about a minute on two cores
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ SMALL ?=
 LAYOUT ?= artphoto
 KERNEL := emotionlib
 
-.PHONY: setup reproduce test unit lab bench bench-cuda data clean-runs notebooks
+.PHONY: setup reproduce test unit lint format lab bench bench-cuda data clean-runs notebooks
 
 setup: $(STAMP)
 
@@ -37,8 +38,22 @@ reproduce: setup
 
 # nbval runs the committed notebooks in file order in notebooks/ and compares the cells marked
 # NBVAL_CHECK_OUTPUT with their committed outputs (notebooks/README.md).
-test: setup
+test: setup lint
 	$(PY) -m pytest --nbval-lax --nbval-kernel-name $(KERNEL) tests notebooks
+
+# The unit tests: files that train nothing end to end and run no notebook (the `slow` marker covers the rest).
+UNIT_TESTS := tests/test_model.py tests/test_losses.py tests/test_data.py tests/test_experiment.py tests/test_cli.py \
+	tests/test_checkpoint.py \
+	tests/test_environment.py
+unit: setup
+	$(PY) -m pytest -m "not slow" $(UNIT_TESTS)
+
+# ruff's linter (pyproject.toml, [tool.ruff]); `make format` applies its formatter.
+lint: setup
+	$(BIN)/ruff check emotionlib tests
+
+format: setup
+	$(BIN)/ruff format emotionlib tests
 
 # Re-execute the committed notebooks in place with their default parameters: the reference outputs nbval compares
 # against. They reuse runs/smoke when it holds a finished run; remove it first to record the training as well.

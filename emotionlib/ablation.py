@@ -31,18 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_model, read_summary, save_checkpoint, split_parts
 from .config import Config, config_diff
-from .data import DatasetIndex, read_split
+from .data import DatasetIndex, make_loader
 from .errors import ConfigError, RunFolderError
-from .evaluate import crop_chunks, summarise_predictions
+from .evaluate import CENTRE_CROP, accuracy, crop_chunks, mean_softmax, summarise_predictions
 from .experiment import CLAIMS, row_label
 from .losses import fusion_loss
-from .model import RNN_FUSIONS, PoolFusion, RNNFusion, UnifiedCNNRNN, parse_variant
-from .paper import CLASSES as PAPER_CLASSES
-from .paper import FIG6_MLDRNET, FIG6_OURS, TABLE1_VARIANTS
-from .train import derive_seed, load_checkpoint, load_model_state, make_loader, save_checkpoint
+from .model import UnifiedCNNRNN, fusion_head, parse_variant
+from .paper import TABLE1_VARIANTS
 from .threads import one_thread
-from .utils import autocast, progress_bar, read_json, resolve_device, write_json
+from .train import optimizer_step
+from .utils import (autocast, derive_seed, file_sha256, progress_bar, read_json, relative_path, resolve_device,
+                    write_json)
 
 #: Every row of Table 1 this project trains, plus the max / avg aggregation Sec. 1 contrasts with.
 SWEEP_VARIANTS = ("softmax", "ensemble", "lstm", "bilstm", "gru", "bigru", "bigru4", "bigru6", "max", "avg")
@@ -71,29 +72,10 @@ class Features:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Features":
-        """A cache file written by extract_features."""
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        k = saved["key"]
-        return cls(saved["V"], saved["logits"], saved["targets"], list(k["keys"]), list(k["classes"]),
-                   list(k["paths"]), k["views"])
-
     def key_features(self, key: str, view: int | None = None) -> np.ndarray:
         """One branch's V as an (N, D) array: one view, or the mean over all views (view=None)."""
         v = self.V[:, :, self.keys.index(key)]
         return (v.mean(1) if view is None else v[:, view]).numpy()
-
-
-def _relative_paths(part: DatasetIndex) -> list[str]:
-    root = Path(part.root).resolve()
-    out = []
-    for s in part.samples:
-        try:
-            out.append(Path(s.path).resolve().relative_to(root).as_posix())
-        except ValueError:
-            out.append(Path(s.path).as_posix())
-    return out
 
 
 def _digest(model: UnifiedCNNRNN, prefixes: tuple[str, ...]) -> str:
@@ -117,16 +99,14 @@ def _views(x: torch.Tensor, views: str) -> torch.Tensor:
         return torch.cat([x, x.flip(-1)], dim=1)
     if views == "five":
         return x
-    return x[:, 4:5]  # the centre crop
+    return x[:, CENTRE_CROP:CENTRE_CROP + 1]
 
 
 def _branch_outputs(model: UnifiedCNNRNN, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(V, logits) of every branch in feature_keys order, from trunk maps computed once: what model.extract
-    returns, so that CNNs sharing one trunk need one trunk pass."""
-    side = [model.branches[k](maps[tap]) for k, tap in zip(model.branches.keys(), model.taps)]
-    main = model.main(maps["pool4"], side)
-    logits = [model.branches[k].classifier(v) for k, v in zip(model.branches.keys(), side)]
-    return torch.stack([*side, main], 1).float(), torch.stack([*logits, model.main.logits(main)], 1).float()
+    """(V, logits) of every branch in feature_keys order, stacked, from trunk maps computed once."""
+    out = model.heads_from_maps(maps)
+    return (torch.stack([out[k][0] for k in model.feature_keys], 1).float(),
+            torch.stack([out[k][1] for k in model.feature_keys], 1).float())
 
 
 def _load_cache(cache: str | os.PathLike | None, key: dict[str, Any]) -> Features | None:
@@ -159,8 +139,8 @@ def extract_features(model: UnifiedCNNRNN, index_part: DatasetIndex, cfg: Config
 
 def _folded_trunk(trunk: nn.Module, channels_last: bool) -> nn.Module:
     """A copy of the trunk with each batch norm folded into the convolution before it, for inference only: the
-    same function up to float rounding (about 1e-6), and a quarter less time per crop on the CPU at 96 px, where
-    eval-mode batch norm was 23 % of the trunk's forward pass."""
+    same function up to float rounding (about 1e-6), without eval-mode batch norm's own pass over every map
+    (docs/performance.md)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = copy.deepcopy(trunk).eval()
@@ -187,7 +167,7 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
     if views not in VIEWS:
         raise ConfigError(f"views={views!r}: choose one of {', '.join(VIEWS)}")
     caches = dict(caches or {})
-    paths = _relative_paths(index_part)
+    paths = [relative_path(x.path, index_part.root) for x in index_part.samples]
     keys = {n: {"format": FEATURE_FORMAT, "cnn": cnn_digest(m), "views": views, "paths": paths,
                 "classes": list(index_part.classes), "resize": cfg.data.resize, "crop": cfg.data.crop,
                 "keys": m.feature_keys} for n, m in models.items()}
@@ -234,22 +214,11 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
 # ----------------------------------------------------------------------------- heads on cached features
 
 
-def _one_thread(device: torch.device):
-    """A head's matrices are tiny: on a CPU, intra-op threads only add synchronisation, which on a shared machine
-    made head training 25x slower (92 s instead of 3.4 s for the smoke GRU). One thread while inside."""
-    return one_thread(device)
-
-
 def make_head(variant: str, input_size: int, cfg: Config) -> torch.nn.Module | None:
     """The fusion head of a variant (Sec. 3.3), or None for the ensemble (nothing to train)."""
     fusion, _ = parse_variant(variant)
-    mcfg = cfg.model
-    if fusion in RNN_FUSIONS:
-        return RNNFusion(fusion, input_size, mcfg)
-    if fusion in ("max", "avg"):
-        return PoolFusion(fusion, input_size, mcfg)
-    if fusion == "ensemble":
-        return None
+    if fusion != "softmax":
+        return fusion_head(fusion, input_size, cfg.model)
     raise ConfigError(f"variant {variant!r} has no fusion head: it is trained end to end (run_sweep does that)")
 
 
@@ -267,7 +236,7 @@ def head_probs(head: torch.nn.Module, feats: Features, device: str | torch.devic
     out = []
     for i in range(0, n, batch_size):
         seq = feats.V[i:i + batch_size].reshape(-1, t, d).to(device)
-        out.append(F.softmax(head(seq).float(), dim=1).reshape(-1, v, head_classes(head)).mean(1).cpu())
+        out.append(mean_softmax(head(seq), len(seq) // v, v))
     return torch.cat(out).numpy() if out else np.zeros((0, head_classes(head)))
 
 
@@ -293,7 +262,7 @@ def train_head(variant: str, features: Mapping[str, Features], cfg: Config, *, d
         raise ConfigError(f"variant {variant!r} reads {n_branches} branches but the features hold {len(train.keys)} "
                           f"({', '.join(train.keys)}); extract them from a CNN with {n_branches} branches")
     dev = resolve_device(cfg.train.device) if device is None else torch.device(device)
-    with _one_thread(dev):
+    with one_thread(dev):  # a head's matrices are tiny: more threads only synchronise (docs/performance.md)
         return _train_head(variant, features, cfg, dev, progress)
 
 
@@ -320,16 +289,14 @@ def _train_head(variant: str, features: Mapping[str, Features], cfg: Config, dev
                 seq, y = train.V[idx, view[idx]].to(dev), train.targets[idx].to(dev)
                 logits = head(seq)
                 loss, _ = fusion_loss(logits, y, head.weight_matrices(), t.reg_lambda, t.reg_squared)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step([opt], loss, f"the loss of the {variant} head")
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += float((logits.argmax(1) == y).sum())
             row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
                    "train_acc": correct / n}
             sched.step()
             if "val" in features and len(features["val"]):
-                row["val_acc"] = _accuracy(head_probs(head, features["val"], dev), features["val"].targets)
+                row["val_acc"] = accuracy(head_probs(head, features["val"], dev), features["val"].targets)
             history.append(row)
             bar.update(1)
         bar.close()
@@ -337,11 +304,6 @@ def _train_head(variant: str, features: Mapping[str, Features], cfg: Config, dev
     metrics = evaluate_head(head, features)
     metrics["history"] = history
     return head, metrics
-
-
-def _accuracy(probs: np.ndarray, targets) -> float:
-    targets = np.asarray(targets)
-    return float((probs.argmax(1) == targets).mean()) if len(targets) else float("nan")
 
 
 def evaluate_head(head: torch.nn.Module | None, features: Mapping[str, Features]) -> dict[str, Any]:
@@ -354,7 +316,7 @@ def evaluate_head(head: torch.nn.Module | None, features: Mapping[str, Features]
     val = features.get("val")
     if val is not None and len(val):
         pv = ensemble_probs(val) if head is None else head_probs(head, val)
-        m["val_accuracy"] = _accuracy(pv, val.targets)
+        m["val_accuracy"] = accuracy(pv, val.targets)
     else:
         m["val_accuracy"] = float("nan")
     return m
@@ -383,11 +345,7 @@ class BaseRun:
     @property
     def fingerprint(self) -> str:
         """The stage-main.pt file's hash: a sweep folder belongs to exactly one base CNN."""
-        h = hashlib.sha256()
-        with open(self.stage_main, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()[:16]
+        return file_sha256(self.stage_main)
 
     @property
     def label(self) -> str:
@@ -408,19 +366,12 @@ class BaseRun:
 
     def parts(self) -> dict[str, DatasetIndex]:
         """The base run's train / val / test split: every variant of the sweep is scored on the same images."""
-        index = read_split(self.split_csv, root=self.data_root, classes=self.classes,
-                           max_pixels=self.cfg.data.max_pixels)
-        return {name: DatasetIndex(index.root, index.classes, [s for s in index.samples if s.split == name], [])
-                for name in ("train", "val", "test")}
+        return split_parts(self.path, self.data_root, self.classes, self.cfg.data.max_pixels)
 
 
 def load_cnn(checkpoint: str | os.PathLike) -> tuple[UnifiedCNNRNN, Config]:
     """The model and config stored in one checkpoint file (e.g. a run's stage-main.pt)."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(ckpt["config"])
-    model = UnifiedCNNRNN(cfg.model)
-    load_model_state(model, ckpt["model"], Path(checkpoint))
-    return model.eval(), cfg
+    return load_model(checkpoint)[:2]
 
 
 def _check_cfg(cfg: Config, base: Config) -> None:
@@ -462,7 +413,7 @@ def _finished(folder: Path, base: "BaseRun") -> dict[str, Any] | None:
     return None
 
 
-def _fit(vcfg: Config, data_dir, out: Path, base: BaseRun, progress: bool, until: str | None, init: bool) -> dict:
+def _fit_variant(vcfg: Config, data_dir, out: Path, base: BaseRun, progress: bool, until: str | None, init: bool) -> dict:
     from .train import fit
 
     return fit(vcfg, data_dir, out, resume=True, split_csv=base.split_csv, progress=progress,
@@ -514,7 +465,7 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
                 cnns["base"] = (load_cnn(base.stage_main)[0], out / "features")
         elif v not in cnns:
             t0 = time.perf_counter()
-            _fit(vcfg[v], data_dir, out / v / "cnn", base, progress, until="main", init=True)
+            _fit_variant(vcfg[v], data_dir, out / v / "cnn", base, progress, until="main", init=True)
             cnns[v] = (load_cnn(out / v / "cnn" / "checkpoints" / "stage-main.pt")[0], out / v / "features")
             seconds[v] = time.perf_counter() - t0
     # 2. their features: one pass over the images, the shared trunk run once per batch
@@ -549,7 +500,7 @@ def _run_variant(variant: str, base: BaseRun, data_dir: Path, folder: Path, vcfg
     fusion, n_branches = parse_variant(variant)
     if fusion == "softmax":
         # no branches, so nothing to share: trunk and main FC trained end to end in one stage
-        r = _fit(vcfg, data_dir, folder / "run", base, progress, until=None, init=False)
+        r = _fit_variant(vcfg, data_dir, folder / "run", base, progress, until=None, init=False)
         m = {k: r[k] for k in ("test_accuracy", "val_accuracy", "mean_tpr", "per_class_tpr", "confusion", "n_test")}
         trained = "end to end (trunk + main FC, one stage)"
     else:
@@ -587,8 +538,6 @@ def _table_row(m: dict[str, Any]) -> dict[str, Any]:
 
 def _finetuned_row(base: BaseRun) -> dict[str, Any]:
     """The base run's own result: its fusion trained while the CNN was fine-tuned, as the paper trains."""
-    from .train import read_summary
-
     m = read_json(base.path / "metrics.json")
     v = m["variant"]
     seconds = sum(float(r["seconds"]) for r in read_summary(base.path / "summary.csv") if r.get("seconds"))
@@ -616,120 +565,10 @@ def compare_claims(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | None = 12.5):
-    """Two panels sharing the rows: bars of this run's test accuracy, and the paper's FI numbers as markers.
-    Separate axes, because the data differ: a synthetic or small dataset's accuracy is not FI's."""
-    import matplotlib.pyplot as plt
-
-    labels = [f"{v}  ({r.split(' (')[0]})" for v, r in zip(df["variant"], df["table1_row"])]
-    y = np.arange(len(df))[::-1]
-    kinds = df["trained"].str.startswith("head").map({True: "C0", False: "C1"})
-    kinds[df["variant"].str.endswith("(fine-tuned)")] = "C2"
-    fig, (ax, axp) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.42 * len(df) + 1.6),
-                                  gridspec_kw={"width_ratios": [3, 2]})
-    ax.barh(y, df["this_run_test_acc"], color=list(kinds))
-    for yi, v in zip(y, df["this_run_test_acc"]):
-        ax.text(v + 1, yi, f"{v:.1f}", va="center", fontsize=8)
-    if chance is not None:
-        ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.1f} %")
-    ax.set_yticks(y, labels, fontsize=9)
-    ax.set_xlim(0, 105)
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_title(f"{run_label}")
-    from matplotlib.patches import Patch
-
-    handles = [Patch(color="C0", label="head on the shared frozen CNN"),
-               Patch(color="C1", label="trains (part of) its own CNN"),
-               Patch(color="C2", label="base run, CNN fine-tuned")]
-    ax.legend(handles=handles + ax.get_legend_handles_labels()[0][:1], loc="lower right", fontsize=8)
-    paper = df["paper_FI_acc"].astype(float)
-    has = paper.notna().to_numpy()
-    axp.scatter(paper[has], y[has], marker="D", color="k", zorder=3)
-    for yi, v in zip(y[has], paper[has]):
-        axp.text(v + 0.4, yi, f"{v:.2f}", va="center", fontsize=8)
-    for yi in y[~has]:
-        axp.text(56.5, yi, "not in Table 1", va="center", fontsize=8, color="grey")
-    axp.set_xlim(56, 76)
-    axp.set_xlabel("accuracy on FI (%)")
-    axp.set_title("FI (paper, Table 1)")
-    fig.tight_layout()
-    return fig
-
-
-# ----------------------------------------------------------------------------- Fig. 6: confusion matrices
-
-
-def paper_confusions() -> dict[str, np.ndarray]:
-    """The two matrices Fig. 6 prints, rows true class, columns predicted, in emotionlib.paper.CLASSES order."""
-    return {"MldrNet, FI (paper)": FIG6_MLDRNET, "Bi-GRU (Zhu et al.), FI (paper)": FIG6_OURS}
-
-
-def plot_confusions(confusion, classes: Sequence[str], run_label: str):
-    """Fig. 6 with this run's row-normalised matrix first: seaborn heatmaps on one colour scale (0-1)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
-    panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
-    # 12.5 inches: a notebook shows it near its own size, so the 8-point numbers stay readable
-    fig, axes = plt.subplots(1, 4, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
-    for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
-        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8},
-                    square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
-                    yticklabels=names, ax=ax)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true" if i == 0 else "")
-        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
-    fig.tight_layout()
-    return fig
-
-
-def top_confusions(confusion, classes: Sequence[str], k: int = 3) -> list[tuple[str, str, float]]:
-    """The k largest off-diagonal entries (true class, predicted class, share of the true class), largest first."""
-    cm = np.array(confusion, dtype=float)
-    np.fill_diagonal(cm, -np.inf)
-    flat = np.argsort(-cm, axis=None, kind="stable")[:k]
-    return [(classes[i], classes[j], float(cm[i, j])) for i, j in zip(*np.unravel_index(flat, cm.shape))]
-
-
-def tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.DataFrame:
-    """True-positive rate per class (the confusion diagonal): this run beside the paper's two, by class name.
-    A class of the run that FI lacks gets NaN in the paper's columns, and the other way round."""
-    run = dict(metrics["per_class_tpr"])
-    names = list(metrics["classes"]) + [c for c in PAPER_CLASSES if c not in metrics["classes"]]
-    cols = {run_label: [run.get(c, float("nan")) for c in names]}
-    for title, cm in paper_confusions().items():
-        diag = dict(zip(PAPER_CLASSES, np.diag(cm)))
-        cols[title] = [diag.get(c, float("nan")) for c in names]
-    df = pd.DataFrame(cols, index=pd.Index(names, name="class"))
-    # Sec. 4.3 reads Fig. 6 for balance ("a more balanced performance"): the worst class and the spread say it
-    stats = {"mean": df.mean(), "min": df.min(), "std": df.std(ddof=0)}
-    for name, row in stats.items():
-        df.loc[name] = row
-    return df.round(3)
-
-
-def cue_errors(confusion, classes: Sequence[str], factors: Mapping[str, Mapping[str, str]] | None = None) -> pd.Series:
-    """For data whose classes are combinations of cues (the built-in data: synth.CLASS_FACTORS), the share of a
-    model's errors that get each cue wrong: the off-diagonal mass of the row-normalised confusion, each row
-    weighted equally, whose predicted class differs from the true one in that cue. A cue the model reads well
-    is rarely wrong in its errors; an error can get several cues wrong, so the shares need not sum to one."""
-    from .synth import CLASS_FACTORS
-
-    factors = CLASS_FACTORS if factors is None else factors
-    cm = np.array(confusion, dtype=float)
-    rows = cm.sum(1, keepdims=True)
-    cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    np.fill_diagonal(cm, 0)
-    total = cm.sum()
-    cues = list(next(iter(factors.values())))
-    out = {}
-    for cue in cues:
-        differs = np.array([[factors[a][cue] != factors[b][cue] for b in classes] for a in classes])
-        out[cue] = float((cm * differs).sum() / total) if total > 0 else float("nan")
-    return pd.Series(out, name="share of errors with this cue wrong")
-
+# Fig. 6 lives in figures.py (the plots) and evaluate.py (top_confusions); notebook 05 reads it from here.
+from .figures import fig6_tpr_table as tpr_table  # noqa: E402
+from .figures import paper_confusions, plot_confusions, plot_sweep  # noqa: E402
+from .evaluate import cue_errors, top_confusions  # noqa: E402
 
 # ----------------------------------------------------------------------------- inside the trained Bi-GRU (Sec. 3.3)
 
@@ -737,8 +576,8 @@ def cue_errors(confusion, classes: Sequence[str], factors: Mapping[str, Mapping[
 def _head_accuracy(head, V: torch.Tensor, targets: torch.Tensor) -> float:
     n, views, t, d = V.shape
     with torch.no_grad():
-        probs = F.softmax(head(V.reshape(n * views, t, d)).float(), dim=1).reshape(n, views, -1).mean(1)
-    return 100 * float((probs.argmax(1) == targets).float().mean())
+        probs = mean_softmax(head(V.reshape(n * views, t, d)), n, views)
+    return 100 * accuracy(probs.numpy(), targets.numpy())
 
 
 def zeroed_steps(model: UnifiedCNNRNN, feats: Features) -> pd.DataFrame:

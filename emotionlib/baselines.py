@@ -35,10 +35,10 @@ from sklearn.svm import LinearSVC
 from torch import nn
 
 from . import __version__
-from .config import Config, validate
+from .config import PROFILE_SETTINGS, Config, validate
 from .data import DatasetIndex, load_image
 from .errors import CheckpointError, ConfigError, RunFolderError
-from .evaluate import summarise_predictions
+from .evaluate import accuracy, summarise_predictions
 from .methods import BASELINES, TABLE1_BASELINE_ROW
 from .paper import TABLE1
 from .utils import progress_bar, read_json, resolve_device, write_json
@@ -47,10 +47,6 @@ from .utils import progress_bar, read_json, resolve_device, write_json
 #: The file names torchvision gives its ImageNet weights in its cache (torch.hub.get_dir()/checkpoints).
 TORCHVISION_FILES = {"alexnet": ("alexnet-owt-7be5be79.pth",),
                      "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth")}
-#: (ours) the smoke profile's CPU budget for the two ImageNet networks: (input side, epochs). ResNet-101 costs
-#: about 5 GFLOP per 96-px training crop, minutes per epoch on two cores; other profiles use their crop and
-#: stage_epochs.
-SMOKE_BUDGET = {"alexnet-svm": (64, 2), "resnet101": (64, 1)}
 ALEXNET_MIN_INPUT = 64  # below 63 px AlexNet's third pooling layer has nothing left to pool
 
 
@@ -346,12 +342,19 @@ def load_weights(net: nn.Module, path: str | os.PathLike, arch: str) -> None:
 
 
 def cnn_input_size(name: str, cfg: Config) -> int:
-    side = SMOKE_BUDGET[name][0] if cfg.profile == "smoke" else cfg.data.crop
+    side = _budget(name, cfg)[0]
     return max(side, ALEXNET_MIN_INPUT) if name == "alexnet-svm" else side
 
 
 def cnn_epochs(name: str, cfg: Config) -> int:
-    return SMOKE_BUDGET[name][1] if cfg.profile == "smoke" else cfg.train.stage_epochs
+    return _budget(name, cfg)[1]
+
+
+def _budget(name: str, cfg: Config) -> tuple[int, int]:
+    """(input side, epochs) of an ImageNet baseline: the profile's baseline_budget (config.PROFILE_SETTINGS), else
+    the profile's crop and train.stage_epochs."""
+    budget = PROFILE_SETTINGS.get(cfg.profile, {}).get("baseline_budget", {})
+    return budget.get(name, (cfg.data.crop, cfg.train.stage_epochs))
 
 
 def _fit_input(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -398,7 +401,10 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
                   side: int, epochs: int, progress: bool) -> None:
     """SGD with the profile's lr, momentum and staircase decay (Sec. 4.1), cross-entropy, one random corner or
     centre crop per image, mirrored at random unless data.mirror is off; one summary.csv row per epoch."""
-    from .train import ShuffleBatchSampler, TrainingError, derive_seed, make_loader
+    from .data import ShuffleBatchSampler, make_loader
+    from .errors import TrainingError
+    from .train import optimizer_step
+    from .utils import derive_seed
 
     t = cfg.train
     sampler = ShuffleBatchSampler(len(rd.train.samples), t.batch_size, t.seed)
@@ -417,12 +423,10 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
             x, y = x.to(device), y.to(device)
             logits = net(_fit_input(x, side))
             loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss of {name} became {float(loss)} in epoch {epoch + 1}; "
-                                    "lower the learning rate (--set train.lr=...)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            try:
+                optimizer_step([opt], loss, f"the loss of {name}")
+            except TrainingError as e:
+                raise TrainingError(f"{e} in epoch {epoch + 1}; lower the learning rate (--set train.lr=...)") from None
             n += len(y)
             correct += int((logits.argmax(1) == y).sum())
             total += float(loss.detach()) * len(y)
@@ -434,7 +438,7 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
         if val_loader is not None and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == epochs):
             net.eval()
             p, yv, _ = five_crop_features(lambda z: torch.softmax(net(z), 1), val_loader, device, side)
-            val_acc = float((p.argmax(1) == yv).mean())
+            val_acc = accuracy(p, yv)
         run.append_summary({"stage": name, "epoch": epoch + 1, "lr": lr, "train_loss": total / max(n, 1),
                             "train_acc": correct / max(n, 1), "seconds": round(seconds, 3),
                             "images_per_s": round(n / seconds, 2) if seconds > 0 else float("nan"), "val_acc": val_acc})
@@ -455,7 +459,9 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
     resnet101 (None: torchvision's cached file if any; "none": random initialisation). With resume=True a
     finished folder returns its metrics; an unfinished one is run again from the start.
     """
-    from .train import RunFolder, derive_seed, prepare_data, set_deterministic, write_predictions
+    from .checkpoint import RunFolder
+    from .train import prepare_data, set_deterministic, write_predictions
+    from .utils import derive_seed
 
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
@@ -508,7 +514,7 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
         "n_val": len(rd.val.samples), "n_test": len(rd.test.samples), "n_skipped": len(rd.index.skipped),
         "test_accuracy": s["accuracy"], "per_class_tpr": s["per_class_tpr"], "mean_tpr": s["mean_tpr"],
         "confusion": s["confusion"],
-        "val_accuracy": float((probs["val"].argmax(1) == ys["val"]).mean()) if len(ys["val"]) else float("nan"),
+        "val_accuracy": accuracy(probs["val"], ys["val"]),
         **provenance, "settings": settings,
         "paper_table1": {"row": TABLE1_BASELINE_ROW[name], "fi_accuracy_percent": TABLE1[TABLE1_BASELINE_ROW[name]],
                          "note": "the paper's number on FI, for reference; not measured by this run"},
@@ -520,7 +526,8 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
 
 def _cnn_baseline(name, net, pretrained, rd, classes, cfg, run, device, progress):
     """alexnet-svm: (train from scratch if no weights, then) fc7 features + linear SVM; resnet101: fine-tune."""
-    from .train import derive_seed, make_loader
+    from .data import make_loader
+    from .utils import derive_seed
 
     side, n = cnn_input_size(name, cfg), len(classes)
     torch.manual_seed(derive_seed(cfg.train.seed, name, "new-layer"))

@@ -685,7 +685,7 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
     kinds = {"import_torch": [sys.executable, "-c", "import torch"],
              "emotionlib_predict": [sys.executable, "-m", "emotionlib", "predict", "--run", str(run), "--device",
                                     "cpu", img],
-             "library_predict": [sys.executable, "-c", "import sys; from emotionlib.predict import predict_images; "
+             "library_predict": [sys.executable, "-c", "import sys; from emotionlib.evaluate import predict_images; "
                                  "list(predict_images(sys.argv[1], sys.argv[2:], 'cpu'))", str(run), img]}
     if quick:  # the two that make the ratio
         kinds.pop("library_predict")

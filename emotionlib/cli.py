@@ -162,7 +162,7 @@ def _add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(a) -> int:
-    from .predict import evaluate_run
+    from .evaluate import evaluate_run
 
     from .utils import finite_or_none
 
@@ -180,7 +180,7 @@ def _add_predict(sub) -> None:
 
 
 def cmd_predict(a) -> int:
-    from .predict import predict_images
+    from .evaluate import predict_images
 
     for line in predict_images(a.run, a.images, a.device):
         print(json.dumps(line))
@@ -241,7 +241,7 @@ def _add_table1(sub) -> None:
 def cmd_table1(a) -> int:
     from .errors import ConfigError
     from .experiment import PROTOCOL_VARIANTS, run_table1
-    from .runner import ensure_data, pipeline_config
+    from .notebook import ensure_data, pipeline_config
 
     if a.seeds < 1:
         raise ConfigError(f"--seeds {a.seeds}: give at least 1 (3 for an interval that can decide)")
@@ -290,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_data, _add_train, _add_table1, _add_evaluate, _add_predict, _add_small, _add_variants):
         add(sub)
-    for extra in _extensions():
-        extra(sub)
+    from .pipeline import add_parser as add_pipeline
+
+    add_pipeline(sub)  # reproduce, notebooks
+    _add_bench(sub, argv if argv is not None else sys.argv[1:])
     a = parser.parse_args(argv)
     try:
         # the OpenMP wait policy before anything imports torch, then the thread count: checked and applied before
@@ -316,19 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _extensions():
-    """Sub-commands that live beside their module (reproduce, notebooks, bench): each exposes `add_parser(sub)`.
-    Only modules whose top level imports nothing heavy belong here: every command pays for them."""
-    import importlib
+def _add_bench(sub, argv: list[str]) -> None:
+    """`bench` and its options come from emotionlib.bench, which is imported only when the command is bench: the
+    other commands never pay for it. Elsewhere the command is listed by name."""
+    if argv[:1] == ["bench"]:
+        from .bench import add_parser
 
-    for name in ("runner", "bench"):
-        try:
-            mod = importlib.import_module(f"emotionlib.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"emotionlib.{name}":
-                continue
-            raise
-        yield mod.add_parser
+        add_parser(sub)
+    else:
+        sub.add_parser("bench", help="benchmarks against the alternatives (emotionlib bench --help for its options)")
 
 
 if __name__ == "__main__":

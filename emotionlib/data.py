@@ -21,19 +21,25 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader
 
 from emotionlib.errors import ConfigError, DataError
-from emotionlib.utils import atomic_path
+from emotionlib.paper import CLASSES
+from emotionlib.threads import worker_init
+from emotionlib.utils import atomic_path, derive_seed, relative_path, write_csv
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from emotionlib.config import Config
 
 # The eight Mikels emotions in the order of the paper's confusion matrix (Fig. 6); FI names its folders so.
-MIKELS_EMOTIONS: tuple[str, ...] = (
-    "amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness",
-)
+MIKELS_EMOTIONS = CLASSES
 # (ours, README deviations) The trunk is trained from scratch (Sec. 4.1 names no pre-training), but ImageNet
 # statistics are the customary normalisation; the paper gives none.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -91,8 +97,8 @@ class DatasetIndex:
 
     def write_skipped(self, path: str | os.PathLike) -> None:
         """Write the left-out files as a CSV `path,reason` (paths relative to `root` where possible)."""
-        rows = [(_relative(p, self.root), reason) for p, reason in self.skipped]
-        _write_csv(path, ["path", "reason"], rows)
+        rows = [(relative_path(p, self.root), reason) for p, reason in self.skipped]
+        write_csv(path, ["path", "reason"], rows)
 
     def subset(self, split: str) -> "DatasetIndex":
         """The samples of one split ("train", "test" or "val"), with the same classes (so the same indices)."""
@@ -103,6 +109,12 @@ class DatasetIndex:
         if split not in present:
             raise ConfigError(f"split {split!r} not in this index (it has {', '.join(present)})")
         return DatasetIndex(self.root, list(self.classes), [s for s in self.samples if s.split == split], [])
+
+    def parts(self) -> dict[str, "DatasetIndex"]:
+        """The train, val and test parts of a split index (read_split), each with every class; unlike subset(), a
+        part may be empty (5 % of 10 images)."""
+        return {name: DatasetIndex(self.root, list(self.classes), [s for s in self.samples if s.split == name], [])
+                for name in ("train", "val", "test")}
 
 
 def order_classes(names: Iterable[str]) -> list[str]:
@@ -596,8 +608,8 @@ def write_split(index: DatasetIndex, splits: Sequence[str], path: str | os.PathL
     bad = sorted(set(splits) - set(SPLITS))
     if bad:
         raise ConfigError(f"unknown split name(s) {', '.join(map(repr, bad))}; use train, test or val")
-    rows = [(_relative(s.path, index.root), s.label, sp) for s, sp in zip(index.samples, splits)]
-    _write_csv(path, ["path", "label", "split"], rows)
+    rows = [(relative_path(s.path, index.root), s.label, sp) for s, sp in zip(index.samples, splits)]
+    write_csv(path, ["path", "label", "split"], rows)
 
 
 def read_split(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
@@ -621,21 +633,6 @@ def read_split(path: str | os.PathLike, root: str | os.PathLike | None = None, *
     if len(set(names)) < 2:
         raise DataError(f"{path}: lists {len(set(names))} class(es); at least two are needed")
     return DatasetIndex(base, list(names), samples, [])
-
-
-def _relative(p: Path, root: Path) -> str:
-    try:
-        return Path(p).relative_to(root).as_posix()
-    except ValueError:
-        return Path(p).resolve().as_posix()
-
-
-def _write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Sequence]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
 
 
 # --------------------------------------------------------------------------- transforms (Sec. 4.1)
@@ -927,6 +924,40 @@ class _PairWalk:
         m = self.members[c]
         m = m[m != a]
         return int(m[self.rng.integers(len(m))])  # every image of that class shown already: any but the anchor
+
+
+class ShuffleBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Seeded shuffled batches for the fusion stage (no pairs needed); whole batches are split over ranks."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        batches = [perm[i:i + self.batch_size] for i in range(0, self.n - self.batch_size + 1, self.batch_size)]
+        batches = batches[: len(self) * self.num_replicas]
+        return iter(batches[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return (self.n // self.batch_size) // self.num_replicas
+
+
+def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool, batch_sampler=None) -> DataLoader:
+    d = cfg.data
+    ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
+                        resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
+                        cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
+    kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
+                              persistent_workers=d.num_workers > 0,
+                              worker_init_fn=worker_init if d.num_workers > 0 else None)
+    if batch_sampler is not None:
+        return DataLoader(ds, batch_sampler=batch_sampler, **kw)
+    return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)
 
 
 # --------------------------------------------------------------------------- inspection

@@ -22,3 +22,11 @@ class CheckpointError(EmotionLibError):
 
 class RunFolderError(EmotionLibError):
     """A run folder that would be overwritten, or that cannot be resumed."""
+
+
+class TrainingError(EmotionLibError):
+    """Training cannot go on (a loss that is not finite, say); the last good checkpoint is kept."""
+
+
+class NotebookError(EmotionLibError):
+    """A notebook of the pipeline failed; its executed copy holds the traceback."""

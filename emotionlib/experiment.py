@@ -204,8 +204,8 @@ def _row_config(cfg: Config, variant: str, k: int) -> Config:
 
 def _row(variant: str, k: int, m: dict[str, Any], folder: Path, run_dir, shared: list[str], ref: Path) -> dict:
     """One runs.csv row: the result and the budget it was trained with, read from the run folder itself."""
-    from .train import read_summary
-    from .utils import read_json
+    from .checkpoint import read_summary
+    from .utils import read_json, relative_path
 
     cfg = Config.from_dict(read_json(folder / "config.json")["config"])
     summary = read_summary(folder / "summary.csv")
@@ -215,21 +215,19 @@ def _row(variant: str, k: int, m: dict[str, Any], folder: Path, run_dir, shared:
                       if r["stage"] in shared) if shared else 0.0
     return {
         "variant": variant, "seed": k, "test_acc": round(100 * m["test_accuracy"], 3),
-        "mean_tpr": round(100 * m["mean_tpr"], 3), "val_acc": round(100 * m["val_accuracy"], 3),
+        "mean_tpr": round(100 * m["mean_tpr"], 3), "val_acc": _percent(m["val_accuracy"]),
         "cnn_epochs": shared_epochs + len(own), "fusion_epochs": sum(r["stage"] == "fusion" for r in summary),
         "finetune_lr": cfg.train.finetune_lr, "stage_lr": cfg.train.lr, "optimizer": cfg.train.optimizer,
         "shared_stages": ", ".join(shared) if shared else "none",
         "own_stages": ", ".join(dict.fromkeys(r["stage"] for r in summary)),
         "seconds": round(ref_seconds + sum(float(r["seconds"]) for r in summary), 1),
-        "folder": _relative(folder, run_dir),
+        "folder": relative_path(folder, run_dir),
     }
 
 
-def _relative(path: Path, root) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return Path(path).name
+def _percent(value: float | None) -> float:
+    """A rate from metrics.json in %; NaN where it is null (strict JSON: an empty validation split)."""
+    return float("nan") if value is None else round(100 * value, 3)
 
 
 def protocol_of(variant: str, cfg: Config | None = None) -> str:

@@ -7,10 +7,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import matplotlib
+import numpy as np
+import pandas as pd
 
+from .evaluate import row_normalise
+from .paper import CLASSES as PAPER_CLASSES
+from .paper import FIG6_MLDRNET, FIG6_OURS
 from .utils import atomic_path
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data import DatasetIndex
+    from .probes import ChannelTop
 
 _FIXED_META = {
     "png": {"Software": "emotionlib"},
@@ -311,15 +322,84 @@ def plot_claims(claims, run_label: str):
     return fig
 
 
+# ----------------------------------------------------------------------------- Table 1 by the ablation sweep
+
+
+def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | None = 12.5):
+    """Two panels sharing the rows: bars of this run's test accuracy, and the paper's FI numbers as markers.
+    Separate axes, because the data differ: a synthetic or small dataset's accuracy is not FI's."""
+    import matplotlib.pyplot as plt
+
+    labels = [f"{v}  ({r.split(' (')[0]})" for v, r in zip(df["variant"], df["table1_row"])]
+    y = np.arange(len(df))[::-1]
+    kinds = df["trained"].str.startswith("head").map({True: "C0", False: "C1"})
+    kinds[df["variant"].str.endswith("(fine-tuned)")] = "C2"
+    fig, (ax, axp) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.42 * len(df) + 1.6),
+                                  gridspec_kw={"width_ratios": [3, 2]})
+    ax.barh(y, df["this_run_test_acc"], color=list(kinds))
+    for yi, v in zip(y, df["this_run_test_acc"]):
+        ax.text(v + 1, yi, f"{v:.1f}", va="center", fontsize=8)
+    if chance is not None:
+        ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.1f} %")
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title(f"{run_label}")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="C0", label="head on the shared frozen CNN"),
+               Patch(color="C1", label="trains (part of) its own CNN"),
+               Patch(color="C2", label="base run, CNN fine-tuned")]
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0][:1], loc="lower right", fontsize=8)
+    paper = df["paper_FI_acc"].astype(float)
+    has = paper.notna().to_numpy()
+    axp.scatter(paper[has], y[has], marker="D", color="k", zorder=3)
+    for yi, v in zip(y[has], paper[has]):
+        axp.text(v + 0.4, yi, f"{v:.2f}", va="center", fontsize=8)
+    for yi in y[~has]:
+        axp.text(56.5, yi, "not in Table 1", va="center", fontsize=8, color="grey")
+    axp.set_xlim(56, 76)
+    axp.set_xlabel("accuracy on FI (%)")
+    axp.set_title("FI (paper, Table 1)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- Fig. 6: confusion matrices
+
+
+def paper_confusions() -> dict[str, np.ndarray]:
+    """The two matrices Fig. 6 prints, rows true class, columns predicted, in emotionlib.paper.CLASSES order."""
+    return {"MldrNet, FI (paper)": FIG6_MLDRNET, "Bi-GRU (Zhu et al.), FI (paper)": FIG6_OURS}
+
+
+def plot_confusions(confusion, classes: Sequence[str], run_label: str):
+    """Fig. 6 with this run's row-normalised matrix first: seaborn heatmaps on one colour scale (0-1)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = {run_label: (np.asarray(confusion, dtype=float), list(classes))}
+    panels.update({k: (v, list(PAPER_CLASSES)) for k, v in paper_confusions().items()})
+    # 12.5 inches: a notebook shows it near its own size, so the 8-point numbers stay readable
+    fig, axes = plt.subplots(1, 4, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
+    for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
+        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8},
+                    square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
+                    yticklabels=names, ax=ax)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true" if i == 0 else "")
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    fig.tight_layout()
+    return fig
+
+
 def plot_confusion(confusion, classes, title: str, ax=None):
     """One row-normalised confusion matrix (rows true, columns predicted) on the 0-1 scale of Fig. 6."""
     import matplotlib.pyplot as plt
-    import numpy as np
     import seaborn as sns
 
-    cm = np.array(confusion, dtype=float)
-    rows = cm.sum(1, keepdims=True)
-    cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    cm = row_normalise(confusion)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.6))
     sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8}, square=True,
@@ -432,6 +512,23 @@ def plot_architecture(cfg):
     return fig
 
 
+def fig6_tpr_table(metrics: Mapping[str, Any], run_label: str = "this run") -> pd.DataFrame:
+    """True-positive rate per class (the confusion diagonal): this run beside the paper's two, by class name.
+    A class of the run that FI lacks gets NaN in the paper's columns, and the other way round."""
+    run = dict(metrics["per_class_tpr"])
+    names = list(metrics["classes"]) + [c for c in PAPER_CLASSES if c not in metrics["classes"]]
+    cols = {run_label: [run.get(c, float("nan")) for c in names]}
+    for title, cm in paper_confusions().items():
+        diag = dict(zip(PAPER_CLASSES, np.diag(cm)))
+        cols[title] = [diag.get(c, float("nan")) for c in names]
+    df = pd.DataFrame(cols, index=pd.Index(names, name="class"))
+    # Sec. 4.3 reads Fig. 6 for balance ("a more balanced performance"): the worst class and the spread say it
+    stats = {"mean": df.mean(), "min": df.min(), "std": df.std(ddof=0)}
+    for name, row in stats.items():
+        df.loc[name] = row
+    return df.round(3)
+
+
 def plot_counts_beside(counts: dict, reference: dict, title: str, reference_title: str):
     """Images per class of this data and of a reference (e.g. FI's published counts), each in its own labelled
     panel with its own axis: the two are never drawn on one scale. The share of each class is printed on its bar."""
@@ -447,6 +544,137 @@ def plot_counts_beside(counts: dict, reference: dict, title: str, reference_titl
         ax.set_ylabel("images")
         ax.margins(y=0.15)
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- Fig. 3 and the probes (probes.py)
+
+
+def plot_top_patches(tops: Sequence[ChannelTop], part: DatasetIndex, cfg: Config, cell: float = 1.1):
+    """Fig. 3: one row per (layer, channel), one column per top patch, cut at the theoretical receptive field."""
+    import matplotlib.pyplot as plt
+
+    from .model import receptive_field
+    from .probes import centre_crop, patch_box
+
+    k = max(len(t.images) for t in tops)
+    fig, axes = plt.subplots(len(tops), k, figsize=(cell * k + 1.6, cell * len(tops) + 0.4), squeeze=False)
+    crops: dict[int, np.ndarray] = {}
+    for r, t in enumerate(tops):
+        size = receptive_field(cfg.model, t.layer)[0]
+        for j, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if j >= len(t.images):
+                ax.axis("off")
+                continue
+            i = t.images[j]
+            img = crops.setdefault(i, centre_crop(part, i, cfg))
+            left, top, right, bottom = patch_box(cfg.model, t.layer, t.rows[j], t.cols[j], *img.shape[:2])
+            ax.imshow(img[top:bottom, left:right], interpolation="nearest")
+            ax.set_title(f"{t.values[j]:.2f}", fontsize=7, pad=2)
+        axes[r][0].set_ylabel(f"{t.layer} ch {t.channel}\nRF {size} px", fontsize=8, rotation=0, ha="right",
+                              va="center")
+    fig.suptitle("top activations inside each unit's theoretical receptive field (centre crops, test split)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_probes(df: pd.DataFrame, title: str = "linear probe accuracy (chance 0.5)"):
+    """Heatmap of branches x factors, on a fixed 0.5 (chance) - 1.0 scale."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.4 * df.shape[1] + 2.6, 0.55 * df.shape[0] + 1.4))
+    sns.heatmap(df.astype(float), vmin=0.5, vmax=1.0, cmap="viridis", annot=True, fmt=".2f", ax=ax,
+                cbar_kws={"label": "test accuracy"})
+    ax.set_xlabel("factor (synthetic data)")
+    ax.set_ylabel("")
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelrotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: trained CNN vs. its random init"):
+    """One panel per cue: each level's trained accuracy (bar: mean over seeds, dots: the seeds) beside its
+    random-init control, the gain (trained - random init) under each level's name; pixel baselines and the
+    majority rate as horizontal lines. Fixed 0.4 - 1.0 scale, so panels and runs compare at a glance; a value
+    below 0.4 is a seed's triangle on the floor."""
+    import matplotlib.pyplot as plt
+
+    from .probes import MAJORITY, NO_LEVEL, SOURCES
+
+    FLOOR = 0.4
+    cues = list(table["cue"].unique())
+    levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
+    baselines = [s for s in table["source"].unique() if s not in SOURCES]
+    lines = iter([dict(color="C2", ls="--"), dict(color="C3", ls="-."), dict(color="C4", ls=(0, (5, 1)))])
+    styles = {s: dict(color="0.2", ls=":") if s == MAJORITY else next(lines, dict(color="C5", ls="--"))
+              for s in baselines}
+    colours, width, x = {SOURCES[0]: "C0", SOURCES[1]: "0.72"}, 0.38, np.arange(len(levels))
+    fig, axes = plt.subplots(1, len(cues), figsize=(3.3 * len(cues) + 0.4, 3.9), sharey=True, squeeze=False)
+    for ax, cue in zip(axes[0], cues):
+        t = table[table["cue"] == cue]
+        means = {}
+        for k, source in enumerate(SOURCES):
+            acc = t[t["source"] == source]
+            means[source] = acc.groupby("level", sort=False)["accuracy"].mean().reindex(levels)
+            pos = x + (k - 0.5) * width
+            ax.bar(pos, means[source].to_numpy(), width, color=colours[source], label=source, zorder=2)
+            px, y = pos[[levels.index(lv) for lv in acc["level"]]], acc["accuracy"].to_numpy()
+            ax.scatter(px[y >= FLOOR], y[y >= FLOOR], s=9, color="black", zorder=3,
+                       label="one seed" if k == 0 else None)
+            ax.scatter(px[y < FLOOR], np.full((y < FLOOR).sum(), FLOOR + 0.015), marker="v", s=14, color="black",
+                       zorder=3)  # off the scale: a triangle on the floor says so
+        for source in baselines:
+            ax.axhline(t[t["source"] == source]["accuracy"].mean(), lw=1.3, label=source, zorder=4,
+                       **styles[source])
+        gain = means[SOURCES[0]] - means[SOURCES[1]]
+        ax.set_xticks(x, [f"{lv.replace(' (', chr(10) + '(')}\n{g:+.2f}" for lv, g in gain.items()], fontsize=8)
+        ax.set_ylim(FLOOR, 1.0)
+        ax.set_title(cue)
+        ax.grid(axis="x", visible=False)
+    axes[0][0].set_ylabel("probe test accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in SOURCES, labels[i] != "one seed"))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=len(labels),
+               fontsize=8, frameon=False)
+    fig.suptitle(f"{title} (under each level: gain = trained - random init)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+# ----------------------------------------------------------------------------- Fig. 7-8 (small.py)
+
+
+def plot_tpr(table: pd.DataFrame, title: str | None = None, metric: str = "ova_tpr"):
+    """Grouped bars as in Fig. 7: one group per class and the mean as the last group, one colour per method, and
+    the metric's chance level as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    from .small import metric_chance, metric_label
+
+    groups, m = list(table.columns), len(table)
+    name = metric_label(metric, len(groups) - 1)
+    x = np.arange(len(groups), dtype=float)
+    x[-1] += 0.5  # a gap sets the mean apart from the classes
+    width = 0.8 / m
+    fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 3.5, 3.6))
+    colours = plt.get_cmap("tab10").colors
+    for i, (label, row) in enumerate(table.iterrows()):
+        ax.bar(x + (i - (m - 1) / 2) * width, row.to_numpy(dtype=float), width, label=label, color=colours[i % 10])
+    chance = metric_chance(metric, len(groups) - 1)
+    ax.axhline(chance, color="0.4", ls="--", lw=1, label=f"chance ({chance:.3g})")
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="x", visible=False)  # vertical grid lines would run through the groups
+    ax.set_ylabel(name.split(":")[0])
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(name if not title else f"{name}\n{title}", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -355,13 +355,6 @@ class RNNFusion(nn.Module):
         return self.rnn.weight_matrices()
 
 
-class BiGRUFusion(RNNFusion):
-    """The paper's fusion: a bidirectional GRU (Fig. 5)."""
-
-    def __init__(self, input_size: int, cfg: ModelConfig):
-        super().__init__("bigru", input_size, cfg)
-
-
 class PoolFusion(nn.Module):
     """The max / avg aggregation of branch features (Rao et al. 2016b) that Sec. 1 contrasts with."""
 
@@ -382,6 +375,16 @@ class PoolFusion(nn.Module):
 
     def weight_matrices(self) -> list[torch.Tensor]:
         return []
+
+
+def fusion_head(fusion: str, input_size: int, cfg: ModelConfig) -> nn.Module | None:
+    """The fusion head of Sec. 3.3 for a fusion kind, reading V_1..V_T of `input_size`; None where there is nothing
+    to train (softmax: the main classifier; ensemble: the average of the branch classifiers)."""
+    if fusion in RNN_FUSIONS:
+        return RNNFusion(fusion, input_size, cfg)
+    if fusion in ("max", "avg"):
+        return PoolFusion(fusion, input_size, cfg)
+    return None
 
 
 # ----------------------------------------------------------------------------- the whole model
@@ -407,15 +410,9 @@ class UnifiedCNNRNN(nn.Module):
         self.taps = cfg.taps
         self.branches = nn.ModuleDict({_branch_key(t): Branch(ch[tap_stage(t)], cfg) for t in self.taps})
         self.main = MainBranch(ch[-1], len(self.taps), cfg)
-        fusion, feat = cfg.fusion, cfg.fused_feature if self.taps else cfg.main_fc
-        if fusion in RNN_FUSIONS:
-            if self.taps and cfg.branch_feature != cfg.fused_feature:
-                raise ConfigError("branch_feature and fused_feature must be equal: the RNN reads both")
-            self.head: nn.Module | None = RNNFusion(fusion, feat, cfg)
-        elif fusion in ("max", "avg"):
-            self.head = PoolFusion(fusion, feat, cfg)
-        else:
-            self.head = None  # softmax: the main classifier; ensemble: average of the branch classifiers
+        if cfg.fusion in RNN_FUSIONS and self.taps and cfg.branch_feature != cfg.fused_feature:
+            raise ConfigError("branch_feature and fused_feature must be equal: the RNN reads both")
+        self.head = fusion_head(cfg.fusion, cfg.fused_feature if self.taps else cfg.main_fc, cfg)
 
     # --- which parts exist and how they are trained
 
@@ -438,10 +435,11 @@ class UnifiedCNNRNN(nn.Module):
         stages.append(Stage("main", list(range(pending, 4)), ["main"]))
         return stages
 
-    def stage_modules(self, stage: Stage) -> list[nn.Module]:
-        mods: list[nn.Module] = [self.trunk.stages[s] for s in stage.trunk_stages]
-        mods += [self.main if k == "main" else self.branches[k] for k in stage.heads]
-        return mods
+    def stage_modules(self, stage: Stage) -> list[tuple[str, nn.Module]]:
+        """(state-dict prefix, module) of every part a stage trains: its trunk stages, then its heads."""
+        named = [(f"trunk.stages.{s}", self.trunk.stages[s]) for s in stage.trunk_stages]
+        named += [(k, self.main if k == "main" else self.branches[k]) for k in stage.heads]
+        return named
 
     def cnn_modules(self) -> list[nn.Module]:
         return [self.trunk, self.branches, self.main]
@@ -455,7 +453,14 @@ class UnifiedCNNRNN(nn.Module):
         keys = {_branch_key(t): t for t in self.taps}
         need_main = "main" in heads
         depth = 4 if need_main else max(tap_stage(keys[k]) for k in heads) + 1
-        maps = self.trunk(x, depth)
+        return self.heads_from_maps(self.trunk(x, depth), heads)
+
+    def heads_from_maps(self, maps: dict[str, torch.Tensor],
+                        heads: list[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """extract() on trunk maps computed already: CNNs that share one trunk need one trunk pass."""
+        heads = self.feature_keys if heads is None else heads
+        keys = {_branch_key(t): t for t in self.taps}
+        need_main = "main" in heads
         out = {}
         side_keys = list(self.branches.keys()) if need_main else [k for k in heads if k != "main"]
         for k in side_keys:
@@ -465,6 +470,15 @@ class UnifiedCNNRNN(nn.Module):
             v = self.main(maps["pool4"], [out[k][0] for k in self.branches.keys()])
             out["main"] = (v, self.main.logits(v))
         return {k: out[k] for k in heads}
+
+    def last_fc_input(self, feats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """What the variant's last FC reads (Sec. 4.4 replaces that FC): H of the RNN (Eq. 10) or the pooled V (max,
+        avg), through the top FC with top_fc; the main branch's V (softmax); for the ensemble, which has no single
+        last FC, all V concatenated."""
+        if self.cfg.fusion == "softmax":
+            return feats["main"][0]
+        seq = torch.stack([feats[k][0] for k in self.feature_keys], dim=1)
+        return seq.flatten(1) if self.cfg.fusion == "ensemble" else self.head.features(seq)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final class logits of the variant."""
@@ -481,10 +495,6 @@ class UnifiedCNNRNN(nn.Module):
             return probs.clamp_min(1e-12).log()
         seq = torch.stack([feats[k][0] for k in self.feature_keys], dim=1)  # (B, T, D): V_1..V_T
         return self.head(seq)
-
-
-def build_model(cfg: ModelConfig) -> UnifiedCNNRNN:
-    return UnifiedCNNRNN(cfg)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -527,6 +537,3 @@ def receptive_field(cfg: ModelConfig, layer: str) -> tuple[int, int, float]:
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
-
-def with_variant(cfg: ModelConfig, variant: str) -> ModelConfig:
-    return replace(cfg, variant=variant).validate()

@@ -53,10 +53,6 @@ _rows = np.array([[float(v) for v in line.split()] for line in _FIG6.strip().spl
 FIG6_MLDRNET = _rows[:, :8]
 FIG6_OURS = _rows[:, 8:]
 
-#: Later work on FI, for context only (docs/architecture.md).
-LATER_WORK = {"ResNet-50 ImageNet fine-tune (EmoSet, ICCV 2023)": 67.5, "ResNet-50 from scratch (EmoSet)": 40.6,
-              "WSCNet": 70.07, "Stimuli-aware": 72.42, "MDAN (CVPR 2022)": 76.41}
-
 FI_SPLIT = {"train": 18532, "test": 3474, "val": 1158}  # Sec. 4.3
 
 #: FI's images per class as later work reports them (data/README.md; You et al. 2016 publish 23,308 in all): not

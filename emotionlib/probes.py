@@ -27,14 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ablation import _relative_paths, extract_features, load_cnn
+from .ablation import extract_features, load_cnn
 from .config import Config
 from .data import DatasetIndex, EmotionDataset, five_crop_boxes
 from .errors import ConfigError, DataError
 from .experiment import mean_interval
 from .model import ModelConfig, UnifiedCNNRNN, receptive_field
-from .train import derive_seed, make_loader
-from .utils import resolve_device
+from .data import make_loader
+from .evaluate import CENTRE_CROP
+from .utils import derive_seed, relative_path, resolve_device
 
 LAYERS = ("pool1", "pool2", "pool3")  # Fig. 3
 FACTORS = ("colour", "texture", "shape")  # emotionlib.synth: low, mid and high level
@@ -80,7 +81,7 @@ def layer_maxima(model: UnifiedCNNRNN, part: DatasetIndex, cfg: Config, layers: 
     depth = max(int(layer[-1]) for layer in layers)
     out: dict[str, list] = {layer: [] for layer in layers}
     for x, _, _ in make_loader(part, part.classes, cfg, train=False):
-        maps = model.trunk(x[:, 4].to(dev), depth)  # the centre crop
+        maps = model.trunk(x[:, CENTRE_CROP].to(dev), depth)
         for layer in layers:
             m = maps[layer].float()
             b, c, h, w = m.shape
@@ -132,42 +133,13 @@ def _centre_crops(samples, part: DatasetIndex, cfg: Config):
                         max_pixels=cfg.data.max_pixels, cache=False)
     for i in range(len(ds)):
         x = ds.resized(i)
-        left, top, right, bottom = five_crop_boxes(x.shape[2], x.shape[1], cfg.data.crop)[4]
+        left, top, right, bottom = five_crop_boxes(x.shape[2], x.shape[1], cfg.data.crop)[CENTRE_CROP]
         yield x[:, top:bottom, left:right].permute(1, 2, 0).numpy()
 
 
 def centre_crop(part: DatasetIndex, i: int, cfg: Config) -> np.ndarray:
     """The centre crop the network saw for image i, as an (H, W, 3) uint8 array."""
     return next(_centre_crops([part.samples[i]], part, cfg))
-
-
-def plot_top_patches(tops: Sequence[ChannelTop], part: DatasetIndex, cfg: Config, cell: float = 1.1):
-    """Fig. 3: one row per (layer, channel), one column per top patch, cut at the theoretical receptive field."""
-    import matplotlib.pyplot as plt
-
-    k = max(len(t.images) for t in tops)
-    fig, axes = plt.subplots(len(tops), k, figsize=(cell * k + 1.6, cell * len(tops) + 0.4), squeeze=False)
-    crops: dict[int, np.ndarray] = {}
-    for r, t in enumerate(tops):
-        size = receptive_field(cfg.model, t.layer)[0]
-        for j, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
-            if j >= len(t.images):
-                ax.axis("off")
-                continue
-            i = t.images[j]
-            img = crops.setdefault(i, centre_crop(part, i, cfg))
-            left, top, right, bottom = patch_box(cfg.model, t.layer, t.rows[j], t.cols[j], *img.shape[:2])
-            ax.imshow(img[top:bottom, left:right], interpolation="nearest")
-            ax.set_title(f"{t.values[j]:.2f}", fontsize=7, pad=2)
-        axes[r][0].set_ylabel(f"{t.layer} ch {t.channel}\nRF {size} px", fontsize=8, rotation=0, ha="right",
-                              va="center")
-    fig.suptitle("top activations inside each unit's theoretical receptive field (centre crops, test split)",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------- linear probes of the factors
@@ -243,6 +215,10 @@ def majority_rate(factors: pd.DataFrame, paths: Sequence[str], names: Sequence[s
 SOURCES = ("trained", "random init")  # the CNN sources of controlled_probes, per seed
 MAJORITY = "majority"
 NO_LEVEL = "-"  # the level of rows that come from no branch (pixel baselines, majority)
+
+
+def _paths(part: DatasetIndex) -> list[str]:
+    return [relative_path(s.path, part.root) for s in part.samples]
 
 
 def control_cnn(cfg: Config) -> UnifiedCNNRNN:
@@ -331,13 +307,13 @@ def controlled_probes(checkpoints: Iterable[str | os.PathLike], parts: Mapping[s
     if len(geometry) > 1:
         raise ConfigError(f"the checkpoints crop differently ({sorted(geometry)}): the pixel baseline needs one "
                           "crop geometry")
-    ft, fs = (match_factors(factors, _relative_paths(parts[s])) for s in ("train", "test"))
+    ft, fs = (match_factors(factors, _paths(parts[s])) for s in ("train", "test"))
     for kind in pixels:
         xtr, xte = pixel_features(parts["train"], cfg, kind), pixel_features(parts["test"], cfg, kind)
         rows += [{"source": f"pixels: {kind}", "level": NO_LEVEL, "cue": n, "seed": pd.NA,
                   "accuracy": linear_probe(xtr, ft[n].to_numpy(), xte, fs[n].to_numpy(), C)} for n in names]
     rows += [{"source": MAJORITY, "level": NO_LEVEL, "cue": n, "seed": pd.NA, "accuracy": float(a)}
-             for n, a in majority_rate(factors, _relative_paths(parts["test"]), names).items()]
+             for n, a in majority_rate(factors, _paths(parts["test"]), names).items()]
     df = pd.DataFrame(rows, columns=["source", "level", "cue", "seed", "accuracy"])
     return df.astype({"seed": "Int64"})
 
@@ -375,67 +351,8 @@ def pivot_probes(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def plot_probes(df: pd.DataFrame, title: str = "linear probe accuracy (chance 0.5)"):
-    """Heatmap of branches x factors, on a fixed 0.5 (chance) - 1.0 scale."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(1.4 * df.shape[1] + 2.6, 0.55 * df.shape[0] + 1.4))
-    sns.heatmap(df.astype(float), vmin=0.5, vmax=1.0, cmap="viridis", annot=True, fmt=".2f", ax=ax,
-                cbar_kws={"label": "test accuracy"})
-    ax.set_xlabel("factor (synthetic data)")
-    ax.set_ylabel("")
-    ax.set_title(title)
-    ax.tick_params(axis="y", labelrotation=0)
-    fig.tight_layout()
-    return fig
-
-
-def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: trained CNN vs. its random init"):
-    """One panel per cue: each level's trained accuracy (bar: mean over seeds, dots: the seeds) beside its
-    random-init control, the gain (trained - random init) under each level's name; pixel baselines and the
-    majority rate as horizontal lines. Fixed 0.4 - 1.0 scale, so panels and runs compare at a glance; a value
-    below 0.4 is a seed's triangle on the floor."""
-    import matplotlib.pyplot as plt
-
-    FLOOR = 0.4
-    cues = list(table["cue"].unique())
-    levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
-    baselines = [s for s in table["source"].unique() if s not in SOURCES]
-    lines = iter([dict(color="C2", ls="--"), dict(color="C3", ls="-."), dict(color="C4", ls=(0, (5, 1)))])
-    styles = {s: dict(color="0.2", ls=":") if s == MAJORITY else next(lines, dict(color="C5", ls="--"))
-              for s in baselines}
-    colours, width, x = {SOURCES[0]: "C0", SOURCES[1]: "0.72"}, 0.38, np.arange(len(levels))
-    fig, axes = plt.subplots(1, len(cues), figsize=(3.3 * len(cues) + 0.4, 3.9), sharey=True, squeeze=False)
-    for ax, cue in zip(axes[0], cues):
-        t = table[table["cue"] == cue]
-        means = {}
-        for k, source in enumerate(SOURCES):
-            acc = t[t["source"] == source]
-            means[source] = acc.groupby("level", sort=False)["accuracy"].mean().reindex(levels)
-            pos = x + (k - 0.5) * width
-            ax.bar(pos, means[source].to_numpy(), width, color=colours[source], label=source, zorder=2)
-            px, y = pos[[levels.index(lv) for lv in acc["level"]]], acc["accuracy"].to_numpy()
-            ax.scatter(px[y >= FLOOR], y[y >= FLOOR], s=9, color="black", zorder=3,
-                       label="one seed" if k == 0 else None)
-            ax.scatter(px[y < FLOOR], np.full((y < FLOOR).sum(), FLOOR + 0.015), marker="v", s=14, color="black",
-                       zorder=3)  # off the scale: a triangle on the floor says so
-        for source in baselines:
-            ax.axhline(t[t["source"] == source]["accuracy"].mean(), lw=1.3, label=source, zorder=4,
-                       **styles[source])
-        gain = means[SOURCES[0]] - means[SOURCES[1]]
-        ax.set_xticks(x, [f"{lv.replace(' (', chr(10) + '(')}\n{g:+.2f}" for lv, g in gain.items()], fontsize=8)
-        ax.set_ylim(FLOOR, 1.0)
-        ax.set_title(cue)
-        ax.grid(axis="x", visible=False)
-    axes[0][0].set_ylabel("probe test accuracy")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in SOURCES, labels[i] != "one seed"))
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=len(labels),
-               fontsize=8, frameon=False)
-    fig.suptitle(f"{title} (under each level: gain = trained - random init)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
+# The probes' plots live in figures.py; notebook 06 reads them from here.
+from .figures import plot_controlled_probes, plot_probes, plot_top_patches  # noqa: E402
 
 __all__ = ["LAYERS", "FACTORS", "patch_box", "ChannelTop", "layer_maxima", "choose_channels", "top_patches",
            "centre_crop", "plot_top_patches", "read_factors", "match_factors", "linear_probe", "branch_label",

@@ -26,7 +26,6 @@ The paper's Fig. 7 and 8 are bar charts without printed numbers, so no paper val
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -43,7 +42,8 @@ from .data import DatasetIndex, open_dataset, scan_artphoto, scan_iaps
 from .errors import ConfigError, DataError, RunFolderError
 from .evaluate import confusion_matrix, one_against_all_tpr, per_class_tpr
 from .methods import DEFAULT_SMALL_METHODS, SMALL_LAYOUTS, SMALL_METHODS
-from .utils import atomic_path, read_json, resolve_device, write_json
+from .figures import plot_tpr, save_table
+from .utils import file_sha256, read_json, relative_path, resolve_device, write_json
 
 LAYOUTS, METHODS, DEFAULT_METHODS = SMALL_LAYOUTS, SMALL_METHODS, DEFAULT_SMALL_METHODS
 #: The new last layer of each method, as the paper describes the methods: "fine-tune the last fully connected
@@ -201,21 +201,8 @@ def tpr_summary(y: np.ndarray, scores: np.ndarray, fold: np.ndarray, classes: li
 
 
 def unified_features(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The input of the model's last FC, which the protocol replaces: H of the RNN (Eq. 10), the pooled V (max,
-    avg), either through the top FC with model.top_fc; the main branch's V (softmax); for the ensemble, which has
-    no single last FC, all V concatenated."""
-    fusion = model.cfg.fusion
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        feats = model.extract(x)
-        if fusion == "softmax":
-            return feats["main"][0]
-        seq = torch.stack([feats[k][0] for k in model.feature_keys], dim=1)
-        if fusion == "ensemble":
-            return seq.flatten(1)
-        return model.head.features(seq)
-
-    return fn
+    """The input of the model's last FC, which the protocol replaces (UnifiedCNNRNN.last_fc_input)."""
+    return lambda x: model.last_fc_input(model.extract(x))
 
 
 def method_label(method: str, variant: str, provenance: dict[str, Any] | None) -> str:
@@ -241,7 +228,9 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
     any other non-empty folder is refused. Weights: None = torchvision's cached ImageNet file if present,
     "none" = random initialisation, or a state-dict path.
     """
-    from .train import derive_seed, load_run, make_loader
+    from .checkpoint import load_run
+    from .data import make_loader
+    from .utils import derive_seed
 
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
@@ -265,7 +254,7 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
         raise RunFolderError(f"--run {run} holds no trained model ({model_file} is missing); train it first")
     # resolved paths and the model's hash: the same protocol whichever way the folders are spelt, and a
     # retrained model is a different protocol; so is a folder written before METRICS held both rates
-    settings = {"pretrained_run": str(run.resolve()), "pretrained_sha256": _sha256(model_file),
+    settings = {"pretrained_run": str(run.resolve()), "pretrained_sha256": file_sha256(model_file),
                 "data": str(Path(data_dir).resolve()), "layout": layout, "folds": folds, "min_count": min_count,
                 "seed": seed, "methods": methods, "weights": {m: p["weights"] for m, p in provenance.items()},
                 "metrics": list(METRICS)}
@@ -331,22 +320,23 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
                "methods": results, "paper_note": PAPER_NOTE}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"settings": settings, "emotionlib": __version__})
-    rel = [_relative(s.path, index.root) for s in index.samples]
-    _write_csv(out / "folds.csv", pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold}))
+    rel = [relative_path(s.path, index.root) for s in index.samples]
+    save_table(pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold}), out / "folds.csv",
+               index=False)
     # per method: the n-way decision, and the classes whose own binary classifier said yes (the rate of Sec. 4.4)
     decisions = {}
     for m in methods:
         decisions[m] = [classes[p] for p in scores[m].argmax(1)]
         decisions[f"{m}:positive"] = ["|".join(c for c, b in zip(classes, row) if b) for row in scores[m] > 0]
-    _write_csv(out / "predictions.csv", pd.DataFrame({"path": rel, "label": [s.label for s in index.samples],
-                                                      "fold": fold, **decisions}))
+    save_table(pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold, **decisions}),
+               out / "predictions.csv", index=False)
     import matplotlib.pyplot as plt
 
     from .figures import save_figure
 
     for metric in METRICS:
         table = tpr_table(results, classes, metric)
-        _write_csv(out / f"{metric}.csv", table.reset_index())
+        save_table(table.reset_index(), out / f"{metric}.csv", index=False)
         fig = plot_tpr(table, title=f"{folds}-fold CV on {Path(data_dir).name} (cf. Fig. 7)", metric=metric)
         save_figure(fig, out / f"fig7_{metric}")
         plt.close(fig)
@@ -378,52 +368,6 @@ def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
             + [metric_chance(k, n)] for k in METRICS}
     return pd.DataFrame(cols, index=pd.Index([r["label"] for r in metrics["methods"].values()] + ["chance"],
                                              name="mean over the classes"))
-
-
-def plot_tpr(table: pd.DataFrame, title: str | None = None, metric: str = "ova_tpr"):
-    """Grouped bars as in Fig. 7: one group per class and the mean as the last group, one colour per method, and
-    the metric's chance level as a dashed line."""
-    import matplotlib.pyplot as plt
-
-    groups, m = list(table.columns), len(table)
-    name = metric_label(metric, len(groups) - 1)
-    x = np.arange(len(groups), dtype=float)
-    x[-1] += 0.5  # a gap sets the mean apart from the classes
-    width = 0.8 / m
-    fig, ax = plt.subplots(figsize=(1.0 * len(groups) + 3.5, 3.6))
-    colours = plt.get_cmap("tab10").colors
-    for i, (label, row) in enumerate(table.iterrows()):
-        ax.bar(x + (i - (m - 1) / 2) * width, row.to_numpy(dtype=float), width, label=label, color=colours[i % 10])
-    chance = metric_chance(metric, len(groups) - 1)
-    ax.axhline(chance, color="0.4", ls="--", lw=1, label=f"chance ({chance:.3g})")
-    ax.set_xticks(x, groups, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.grid(axis="x", visible=False)  # vertical grid lines would run through the groups
-    ax.set_ylabel(name.split(":")[0])
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(name if not title else f"{name}\n{title}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def _relative(p: Path, root: Path) -> str:
-    try:
-        return Path(p).relative_to(root).as_posix()
-    except ValueError:
-        return Path(p).as_posix()
-
-
-def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 # ----------------------------------------------------------------------------- command line

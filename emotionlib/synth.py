@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from emotionlib.errors import ConfigError
+from emotionlib.paper import CLASSES as MIKELS_EMOTIONS
 from emotionlib.utils import atomic_path, write_json, write_text
 
 FORMAT_VERSION = 3  # 3: fainter texture, shallower stars, 80-px images, 10 % label noise (data/README.md)
@@ -45,9 +46,7 @@ BUILTIN = {"per_class": PER_CLASS, "size": 80, "label_noise": 0.10}
 JPEG_QUALITY = 90
 LAYOUTS = ("fi", "artphoto")
 
-CLASSES: tuple[str, ...] = (
-    "amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness",
-)
+CLASSES = MIKELS_EMOTIONS
 FACTORS: dict[str, tuple[str, str]] = {
     "colour": ("warm", "cool"),
     "texture": ("stripes", "dots"),

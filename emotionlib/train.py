@@ -9,41 +9,33 @@ metrics.json, predictions.csv and checkpoints/ (last.pt to resume, one file per 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from . import __version__, distributed
 from .config import Config, config_diff, validate
-from .data import DatasetIndex, EmotionDataset, PairBatchSampler, make_split, open_dataset, read_split, write_split
+from .data import (DatasetIndex, PairBatchSampler, ShuffleBatchSampler, make_loader, make_split, open_dataset,
+                   read_split, write_split)
 from .distributed import Dist
-from .errors import CheckpointError, ConfigError, EmotionLibError, RunFolderError
-from .evaluate import predict_all, predict_probs, summarise_predictions
+from .checkpoint import (RunFolder, load_checkpoint, load_model, load_model_state, load_run, read_summary,
+                         save_checkpoint)
+from .errors import CheckpointError, ConfigError, RunFolderError, TrainingError
+from .evaluate import accuracy, predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
 from .model import Stage, UnifiedCNNRNN
-from .threads import current_threads, worker_init
-from .utils import atomic_path, autocast, folder_lock, progress_bar, read_json, resolve_device, write_json, write_text
-
-
-class TrainingError(EmotionLibError):
-    """Training cannot go on (a loss that is not finite, say); the last good checkpoint is kept."""
+from .threads import current_threads
+from .utils import autocast, derive_seed, folder_lock, progress_bar, read_json, relative_path, write_csv, write_json
 
 
 # ----------------------------------------------------------------------------- seeds and determinism
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple, stable across processes (Python's hash() is salted)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -54,136 +46,6 @@ def set_deterministic(enabled: bool) -> None:
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: cuDNN's fastest kernels, chosen once per shape
-
-
-class ShuffleBatchSampler(Sampler[list[int]]):
-    """Seeded shuffled batches for the fusion stage (no pairs needed); whole batches are split over ranks."""
-
-    def __init__(self, n: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        perm = torch.randperm(self.n, generator=g).tolist()
-        batches = [perm[i:i + self.batch_size] for i in range(0, self.n - self.batch_size + 1, self.batch_size)]
-        batches = batches[: len(self) * self.num_replicas]
-        return iter(batches[self.rank::self.num_replicas])
-
-    def __len__(self) -> int:
-        return (self.n // self.batch_size) // self.num_replicas
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-@dataclass
-class RunFolder:
-    """One run's folder. Never silently overwritten: a non-empty folder needs `resume=True`."""
-
-    path: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def complete(self) -> bool:
-        return (self.path / "metrics.json").exists() and (self.checkpoints / "model.pt").exists()
-
-    @classmethod
-    def open(cls, path: str | os.PathLike, resume: bool) -> "RunFolder":
-        run = cls(Path(path))
-        if run.path.exists() and not run.path.is_dir():
-            raise RunFolderError(f"--out {run.path} is a file, not a folder")
-        exists = run.path.exists() and any(p.name != ".lock" for p in run.path.iterdir())  # .lock: folder_lock
-        if exists and not resume:
-            raise RunFolderError(f"run folder {run.path} already exists and is not empty; pass --resume to continue "
-                                 "it, or choose another --out")
-        if resume and exists and not (run.path / "config.json").exists():
-            raise RunFolderError(f"cannot resume {run.path}: it has no config.json, so it is not a run folder")
-        try:
-            run.checkpoints.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunFolderError(f"cannot write the run folder {run.path}: {e.strerror or e}") from None
-        return run
-
-    def append_summary(self, row: dict[str, Any]) -> None:
-        self.write_summary(read_summary(self.path / "summary.csv") + [row])
-
-    def truncate_summary(self, stage_names: list[str], stage: int, epoch: int) -> None:
-        """Drop rows past the checkpoint (stage index, epochs done): a process killed between writing a row and its
-        checkpoint must not leave a duplicate row after --resume."""
-        order = {name: i for i, name in enumerate(stage_names)}
-        keep = [r for r in read_summary(self.path / "summary.csv")
-                if (order[r["stage"]], int(r["epoch"])) <= (stage, epoch)]
-        self.write_summary(keep)
-
-    def write_summary(self, rows: list[dict[str, Any]]) -> None:
-        path = self.path / "summary.csv"
-        if not rows:
-            write_text(path, "")
-            return
-        cols: list[str] = []
-        for r in rows:
-            cols += [c for c in r if c not in cols]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
-
-
-def read_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic: a crash while writing leaves the previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """`weights_only=True`: a checkpoint is data, never code (a pickled payload is refused, not executed)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({first[:200]}); it is damaged or not a "
-                              "checkpoint of emotionlib") from None
-
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load `state` into `model`. A model saved channels-last (train.channels_last) comes back channels-last: the
-    outputs are the same and its convolutions run about twice as fast on the CPU at the smoke size (emotionlib
-    bench), for evaluation, prediction and the ablation's feature extraction alike."""
-    if any(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-           for t in state.values()):
-        model.to(memory_format=torch.channels_last)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = next((line for line in lines if "size mismatch" in line or "Missing" in line or "Unexpected" in line),
-                      lines[0] if lines else "")
-        raise CheckpointError(f"checkpoint {path} belongs to another architecture or class count: {detail[:200]}") from None
 
 
 # ----------------------------------------------------------------------------- stages
@@ -225,7 +87,7 @@ def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
     rate"); a variant without a head (softmax, ensemble) only fine-tunes."""
     t = cfg.train
     if stage.name != "fusion":
-        mods = [m for name, m in _stage_named_modules(model, stage) if name not in frozen]
+        mods = [m for name, m in model.stage_modules(stage) if name not in frozen]
         params = [p for m in mods for p in m.parameters()]
         return [cnn_optimizer(params, t.lr, t)], mods
     # Torch7's rmsprop defaults (alpha 0.99, eps 1e-8) are PyTorch's too: "initialized by the default setting"
@@ -279,6 +141,18 @@ class StageStep(nn.Module):
         return self.model(x) if self.heads is None else self.model.extract(x, self.heads)
 
 
+def optimizer_step(optimizers: list[torch.optim.Optimizer], loss: torch.Tensor, what: str = "the loss") -> None:
+    """One step of every optimiser on `loss`; a loss that is not finite stops training (TrainingError) before it
+    reaches the weights."""
+    if not torch.isfinite(loss):
+        raise TrainingError(f"{what} became {float(loss.detach())}")
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+
+
 def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, optimizers: list[torch.optim.Optimizer],
                     cfg: Config, device: torch.device, bar=None, step: nn.Module | None = None,
                     dist: Dist | None = None) -> dict[str, float]:
@@ -308,13 +182,7 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
                     loss = loss + lk
                     for name, val in pk.items():
                         parts[name] = parts.get(name, 0.0) + val
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the loss became {float(loss.detach())}")
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
+        optimizer_step(optimizers, loss)
         b = y.shape[0]
         n_seen += b
         correct += int((logits.argmax(1) == y).sum())
@@ -369,39 +237,22 @@ def prepare_data(cfg: Config, data: str | os.PathLike | None, run: RunFolder, sp
         write_split(index, [s.split for s in index.samples], split_path)
     if not (run.path / "skipped.csv").exists():
         index.write_skipped(run.path / "skipped.csv")
-    # a split may be empty on tiny data (5 % of 10 images); DatasetIndex.subset would refuse it
-    parts = {name: DatasetIndex(index.root, index.classes, [s for s in index.samples if s.split == name], [])
-             for name in ("train", "val", "test")}
+    parts = index.parts()  # a part may be empty on tiny data (5 % of 10 images)
     if len(parts["train"].samples) < cfg.train.batch_size:
         raise ConfigError(f"the training split has {len(parts['train'].samples)} images, fewer than one batch "
                           f"(train.batch_size={cfg.train.batch_size}); use more data or a smaller batch")
     return RunData(index, parts["train"], parts["val"], parts["test"])
 
 
-def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool, batch_sampler=None) -> DataLoader:
-    d = cfg.data
-    ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
-                        resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
-                        cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
-    kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=d.num_workers > 0,
-                              worker_init_fn=worker_init if d.num_workers > 0 else None)
-    if batch_sampler is not None:
-        return DataLoader(ds, batch_sampler=batch_sampler, **kw)
-    return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)
-
-
 def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, resume: bool = False,
         split_csv: str | os.PathLike | None = None, progress: bool = True, init_from: str | os.PathLike | None = None,
-        stop_after_epochs: int | None = None, until: str | None = None,
-        init_stages: list[str] | None = None) -> dict[str, Any]:
+        until: str | None = None, init_stages: list[str] | None = None) -> dict[str, Any]:
     """Train `cfg.model.variant` stage by stage into the run folder `out`; return its metrics.
 
     `init_from`: a finished run whose CNN weights (trunk, branches, main) start this run; its finished stages
     are skipped where the architectures agree (the shared CNN stages of Table 1's protocol and the ablation sweep);
     `init_stages` limits the copy to the CNN stages of these names (init_from_run). `until` stops after the stage
     of that name (e.g. "main": the CNN is trained, the fusion not yet; rerun with resume=True to go on).
-    `stop_after_epochs` stops after that many epochs in total (for tests of resuming).
 
     Started by torchrun (WORLD_SIZE > 1), every process trains with DistributedDataParallel on its share of the
     batches (emotionlib.distributed); rank 0 alone writes the run folder and evaluates, and every rank returns
@@ -416,8 +267,8 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
         with folder_lock(out) if dist.is_main else contextlib.nullcontext():
             try:
                 return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv,
-                            progress=progress and dist.is_main, init_from=init_from,
-                            stop_after_epochs=stop_after_epochs, until=until, init_stages=init_stages)
+                            progress=progress and dist.is_main, init_from=init_from, until=until,
+                            init_stages=init_stages)
             except Exception:
                 # a failed start (bad data, split, ...) must not leave a folder that blocks the corrected retry
                 if dist.is_main and fresh and not (out / "checkpoints" / "last.pt").exists():
@@ -480,14 +331,62 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
 
 
 def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progress: bool, init_from,
-         stop_after_epochs: int | None, until: str | None, init_stages: list[str] | None = None) -> dict[str, Any]:
+         until: str | None, init_stages: list[str] | None = None) -> dict[str, Any]:
+    """Sec. 4.1's schedule as a loop over named steps: open the run, build the model, restore a checkpoint, then
+    per stage its optimisers, its loader and its epochs, each epoch validated and checkpointed."""
     run, cfg, rd, (init_from, init_stages), complete = dist.on_main(
         lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size, init_stages))
     if complete is not None:
         return complete
     set_deterministic(cfg.train.deterministic)
     device = dist.device(cfg.train.device)
-    classes = rd.index.classes
+    model, stages, frozen, done_stages = _build_model(cfg, device, init_from, init_stages)
+    state, start_stage, start_epoch, restored = _restore(run, model, stages, device, dist)
+    done_stages |= restored
+    loaders: dict[str, DataLoader] = {}
+    # validation and the final evaluation run on rank 0 alone, while the other ranks wait at a barrier
+    val_loader = make_loader(rd.val, rd.index.classes, cfg, train=False) if rd.val.samples and dist.is_main else None
+    for si, stage in enumerate(stages):
+        if si < start_stage or stage.name in done_stages:
+            if stage.name == until:
+                return {"stopped_after_stage": until}
+            continue
+        first_epoch = start_epoch if si == start_stage else 0
+        optimizers, schedulers, modules = _stage_optimizers(model, stage, cfg, frozen,
+                                                            state if si == start_stage and first_epoch > 0 else None)
+        loader = _train_loader(loaders, stage, rd, cfg, dist)
+        step = _stage_step(model, stage, modules, cfg, dist)
+        n_epochs = stage_epochs(stage, cfg)
+        bar = progress_bar(total=(n_epochs - first_epoch) * len(loader), desc=f"{stage.name:>16}", enabled=progress)
+        for epoch in range(first_epoch, n_epochs):
+            row = _run_epoch(model, stage, si, epoch, modules, loader, optimizers, cfg, device, bar, step, dist, run)
+            lr = optimizers[0].param_groups[0]["lr"]
+            for sch in schedulers:
+                sch.step()  # staircase: x lr_gamma every lr_step epochs (Sec. 4.1)
+            if dist.is_main:
+                row["val_acc"] = _validate(model, stage, epoch, n_epochs, val_loader, cfg, device)
+                run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row})
+                save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
+                                           "optimizers": [o.state_dict() for o in optimizers],
+                                           "schedulers": [s.state_dict() for s in schedulers],
+                                           "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+            dist.barrier()
+        bar.close()
+        dist.check_in_sync(model, device)
+        done_stages.add(stage.name)
+        if dist.is_main:
+            _save_stage(run, model, cfg, si, stage, done_stages)
+        dist.barrier()
+        state = None
+        if stage.name == until:
+            return {"stopped_after_stage": until}
+    return dist.on_main(lambda: finish(model, cfg, rd, run, device))
+
+
+def _build_model(cfg: Config, device: torch.device, init_from, init_stages) -> tuple[UnifiedCNNRNN, list[Stage],
+                                                                                       set[str], set[str]]:
+    """The seeded model, its stages, the modules copied frozen from `init_from` and the CNN stages that leaves
+    with nothing to train."""
     torch.manual_seed(derive_seed(cfg.train.seed, "init"))
     model = UnifiedCNNRNN(cfg.model).to(device)
     if cfg.train.channels_last:
@@ -496,11 +395,16 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     frozen: set[str] = set()
     if init_from is not None:  # resuming overwrites the weights just below
         frozen = init_from_run(model, Path(init_from), stages, init_stages)
-    done_stages = {st.name for st in stages if st.name != "fusion" and
-                   all(n in frozen for n, _ in _stage_named_modules(model, st))}
+    done = {st.name for st in stages if st.name != "fusion" and all(n in frozen for n, _ in model.stage_modules(st))}
+    return model, stages, frozen, done
 
-    start_stage, start_epoch = 0, 0
-    state = None
+
+def _restore(run: RunFolder, model: UnifiedCNNRNN, stages: list[Stage], device: torch.device,
+             dist: Dist) -> tuple[dict[str, Any] | None, int, int, set[str]]:
+    """Where a resumed run goes on: (last.pt's payload or None, stage index, epochs done in it, stages done), the
+    model loaded from last.pt or, where it is lost, from the latest finished stage's checkpoint; summary.csv is
+    cut back to that point. (None, 0, 0, {}) for a fresh run."""
+    state, start_stage, start_epoch, done = None, 0, 0, set()
     if run.last.exists():
         state = load_checkpoint(run.last, device)
         if not {"model", "stage", "epoch"} <= set(state):
@@ -508,7 +412,7 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
                                   f"{', '.join(sorted({'model', 'stage', 'epoch'} - set(state)))})")
         load_model_state(model, state["model"], run.last)
         start_stage, start_epoch = state["stage"], state["epoch"]
-        done_stages |= set(state.get("done_stages", []))
+        done = set(state.get("done_stages", []))
     else:  # last.pt lost: go on after the latest finished stage, whose checkpoint holds the whole model
         finished = [si for si, st in enumerate(stages) if (run.checkpoints / f"stage-{st.name}.pt").exists()]
         if finished:
@@ -516,91 +420,77 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
             path = run.checkpoints / f"stage-{stages[si].name}.pt"
             load_model_state(model, load_checkpoint(path, device)["model"], path)
             start_stage = si + 1
-            done_stages |= {st.name for st in stages[: si + 1]}
+            done = {st.name for st in stages[: si + 1]}
         elif read_summary(run.path / "summary.csv"):
             raise RunFolderError(f"cannot resume {run.path}: {run.last} is missing and no stage finished, so the "
                                  "epochs in summary.csv cannot be continued; choose another --out for a new run")
     if dist.is_main and (run.path / "summary.csv").exists():  # rows past the checkpoint would repeat: drop them
         run.truncate_summary([st.name for st in stages], start_stage, start_epoch)
+    return state, start_stage, start_epoch, done
 
-    train_loader_cache: dict[str, DataLoader] = {}
-    # validation and the final evaluation run on rank 0 alone, while the other ranks wait at a barrier
-    val_loader = make_loader(rd.val, classes, cfg, train=False) if rd.val.samples and dist.is_main else None
-    epochs_run = 0
-    for si, stage in enumerate(stages):
-        n_epochs = stage_epochs(stage, cfg)
-        if si < start_stage or stage.name in done_stages:
-            if stage.name == until:
-                return {"stopped_after_stage": until}
-            continue
-        optimizers, modules = make_optimizers(model, stage, cfg, frozen)
-        schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.train.lr_step, cfg.train.lr_gamma) for o in optimizers]
-        first_epoch = start_epoch if si == start_stage else 0
-        if state is not None and si == start_stage and first_epoch > 0:
-            for o, s in zip(optimizers, state["optimizers"]):
-                o.load_state_dict(s)
-            for sch, s in zip(schedulers, state["schedulers"]):
-                sch.load_state_dict(s)
-        kind = "fusion" if stage.name == "fusion" else "pairs"
-        if kind not in train_loader_cache:
-            targets, n_ranks, rank = rd.train.targets, dist.world_size, dist.rank
-            sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed, n_ranks, rank)
-                       if kind == "fusion" else
-                       PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed, n_ranks,
-                                        rank))
-            train_loader_cache[kind] = make_loader(rd.train, classes, cfg, train=True, batch_sampler=sampler)
-        loader = train_loader_cache[kind]
-        # A fresh DDP per stage: each stage trains other parameters, and DDP fixes its set when it is built. In the
-        # fusion stage the branch classifiers (Eq. 1) are outside Eq. 11's loss, so DDP must look for unused ones.
-        set_trainable(model, modules)
-        step = dist.wrap(StageStep(model, stage), find_unused_parameters=stage.name == "fusion" and len(modules) > 1)
-        if cfg.train.compile:
-            step = torch.compile(step)
-        bar = progress_bar(total=(n_epochs - first_epoch) * len(loader), desc=f"{stage.name:>16}", enabled=progress)
-        for epoch in range(first_epoch, n_epochs):
-            set_trainable(model, modules)
-            epoch_seed = derive_seed(cfg.train.seed, si, epoch, *(("rank", dist.rank) if dist.rank else ()))
-            torch.manual_seed(epoch_seed)  # dropout: a resumed epoch draws what an uninterrupted one draws
-            loader.batch_sampler.set_epoch(derive_seed(si, epoch))
-            loader.dataset.set_epoch(derive_seed(si, epoch))
-            try:
-                row = train_one_epoch(model, stage, loader, optimizers, cfg, device, bar, step, dist)
-            except TrainingError as e:
-                raise TrainingError(f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
-                                    f"{run.last if run.last.exists() else 'none'}") from None
-            lr = optimizers[0].param_groups[0]["lr"]
-            for sch in schedulers:
-                sch.step()  # staircase: x lr_gamma every lr_step epochs (Sec. 4.1)
-            if dist.is_main:
-                val_acc = float("nan")
-                if val_loader is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
-                    head = None if stage.name == "fusion" else stage.heads[-1]  # fusion: the variant's output
-                    p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp,
-                                            centre_only=cfg.train.val_crops == "centre")
-                    val_acc = float((p.argmax(1) == y).mean())
-                run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row, "val_acc": val_acc})
-                save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
-                                           "optimizers": [o.state_dict() for o in optimizers],
-                                           "schedulers": [s.state_dict() for s in schedulers],
-                                           "done_stages": sorted(done_stages), "config": cfg.to_dict()})
-            dist.barrier()
-            epochs_run += 1
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
-                bar.close()
-                return {"stopped_after_epochs": epochs_run}
-        bar.close()
-        dist.check_in_sync(model, device)
-        done_stages.add(stage.name)
-        if dist.is_main:
-            save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt",
-                            {"model": model.state_dict(), "config": cfg.to_dict()})
-            save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
-                                       "schedulers": [], "done_stages": sorted(done_stages), "config": cfg.to_dict()})
-        dist.barrier()
-        state = None
-        if stage.name == until:
-            return {"stopped_after_stage": until}
-    return dist.on_main(lambda: finish(model, cfg, rd, run, device))
+
+def _stage_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config, frozen: set[str],
+                      state: dict[str, Any] | None):
+    """(optimisers, staircase schedulers, modules trained) of one stage, restored from `state` mid-stage."""
+    optimizers, modules = make_optimizers(model, stage, cfg, frozen)
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.train.lr_step, cfg.train.lr_gamma) for o in optimizers]
+    if state is not None:
+        for o, s in zip(optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(schedulers, state["schedulers"]):
+            sch.load_state_dict(s)
+    return optimizers, schedulers, modules
+
+
+def _train_loader(cache: dict[str, DataLoader], stage: Stage, rd: RunData, cfg: Config, dist: Dist) -> DataLoader:
+    """Pairs for the CNN stages (Eq. 3-5), shuffled batches for the fusion stage; one loader of each kind per run."""
+    kind = "fusion" if stage.name == "fusion" else "pairs"
+    if kind not in cache:
+        targets, n_ranks, rank = rd.train.targets, dist.world_size, dist.rank
+        sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed, n_ranks, rank)
+                   if kind == "fusion" else
+                   PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed, n_ranks,
+                                    rank))
+        cache[kind] = make_loader(rd.train, rd.index.classes, cfg, train=True, batch_sampler=sampler)
+    return cache[kind]
+
+
+def _stage_step(model: UnifiedCNNRNN, stage: Stage, modules: list[nn.Module], cfg: Config, dist: Dist) -> nn.Module:
+    """A fresh DDP per stage: each stage trains other parameters, and DDP fixes its set when it is built. In the
+    fusion stage the branch classifiers (Eq. 1) are outside Eq. 11's loss, so DDP must look for unused ones."""
+    set_trainable(model, modules)
+    step = dist.wrap(StageStep(model, stage), find_unused_parameters=stage.name == "fusion" and len(modules) > 1)
+    return torch.compile(step) if cfg.train.compile else step
+
+
+def _run_epoch(model, stage, si, epoch, modules, loader, optimizers, cfg, device, bar, step, dist,
+               run: RunFolder) -> dict[str, Any]:
+    """One seeded epoch: a resumed epoch draws what an uninterrupted one draws."""
+    set_trainable(model, modules)
+    torch.manual_seed(derive_seed(cfg.train.seed, si, epoch, *(("rank", dist.rank) if dist.rank else ())))  # dropout
+    loader.batch_sampler.set_epoch(derive_seed(si, epoch))
+    loader.dataset.set_epoch(derive_seed(si, epoch))
+    try:
+        return train_one_epoch(model, stage, loader, optimizers, cfg, device, bar, step, dist)
+    except TrainingError as e:
+        raise TrainingError(f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
+                            f"{run.last if run.last.exists() else 'none'}") from None
+
+
+def _validate(model, stage: Stage, epoch: int, n_epochs: int, val_loader, cfg: Config, device) -> float:
+    """Validation accuracy every `train.eval_every` epochs and at the stage's end (NaN otherwise): the stage's
+    newest head for a CNN stage, the variant's output for the fusion stage."""
+    if val_loader is None or not ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == n_epochs):
+        return float("nan")
+    head = None if stage.name == "fusion" else stage.heads[-1]
+    p, y, _ = predict_probs(model, val_loader, device, head, cfg.train.amp, centre_only=cfg.train.val_crops == "centre")
+    return accuracy(p, y)
+
+
+def _save_stage(run: RunFolder, model: UnifiedCNNRNN, cfg: Config, si: int, stage: Stage, done: set[str]) -> None:
+    save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt", {"model": model.state_dict(), "config": cfg.to_dict()})
+    save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
+                               "schedulers": [], "done_stages": sorted(done), "config": cfg.to_dict()})
 
 
 def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
@@ -618,7 +508,7 @@ def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
     allowed = None
     if init_stages is not None:
         allowed = {n for st in stages if st.name in init_stages
-                   for _, mod in _stage_named_modules(model, st) for n, _ in _named_in(model, mod)}
+                   for _, mod in model.stage_modules(st) for n, _ in _named_in(model, mod)}
     copied = {k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")
               and (allowed is None or k in allowed)}
     own.update({k: src[k] for k in copied})
@@ -627,17 +517,11 @@ def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
     for st in stages:
         if st.name == "fusion":
             continue
-        for name, mod in _stage_named_modules(model, st):
+        for name, mod in model.stage_modules(st):
             keys = [n for n, _ in _named_in(model, mod)]
             if keys and all(k in copied for k in keys):
                 frozen.add(name)
     return frozen
-
-
-def _stage_named_modules(model: UnifiedCNNRNN, stage: Stage) -> list[tuple[str, nn.Module]]:
-    named = [(f"trunk.stages.{s}", model.trunk.stages[s]) for s in stage.trunk_stages]
-    named += [(k, model.main if k == "main" else model.branches[k]) for k in stage.heads]
-    return named
 
 
 def _named_in(model: nn.Module, module: nn.Module):
@@ -661,13 +545,12 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
                    confusion=s["confusion"])
     if rd.val.samples:
         pv, yv, _ = predict_probs(model, make_loader(rd.val, classes, cfg, train=False), device, None, cfg.train.amp)
-        metrics["val_accuracy"] = float((pv.argmax(1) == yv).mean())
+        metrics["val_accuracy"] = accuracy(pv, yv)
     else:
         metrics["val_accuracy"] = float("nan")
     # each branch's classifier (Eq. 1) after the fusion stage has fine-tuned the CNN under it, and - the number
     # Sec. 3.2's per-branch training is about - at the end of the branch's own stage, from its stage checkpoint
-    metrics["branch_test_accuracy_after_fusion"] = {k: float((branch_p[k].argmax(1) == y).mean())
-                                                    for k in model.feature_keys}
+    metrics["branch_test_accuracy_after_fusion"] = {k: accuracy(branch_p[k], y) for k in model.feature_keys}
     metrics["branch_test_accuracy_at_stage"] = stage_branch_accuracy(cfg, run, test_loader, device)
     write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
     save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
@@ -683,53 +566,23 @@ def stage_branch_accuracy(cfg: Config, run: RunFolder, loader: DataLoader, devic
     path = run.checkpoints / "stage-main.pt"
     if not path.exists():
         return {}
-    model = UnifiedCNNRNN(cfg.model).to(device)
-    load_model_state(model, load_checkpoint(path, device)["model"], path)
-    _, branch_p, y, _ = predict_all(model.eval(), loader, device, cfg.train.amp)
-    return {k: float((branch_p[k].argmax(1) == y).mean()) for k in model.feature_keys}
+    model = load_model(path, device)[0]
+    _, branch_p, y, _ = predict_all(model, loader, device, cfg.train.amp)
+    return {k: accuracy(branch_p[k], y) for k in model.feature_keys}
 
 
 def write_predictions(path: Path, part: DatasetIndex, classes: list[str], probs: np.ndarray, targets: np.ndarray,
                       idx: np.ndarray) -> None:
-    root = part.root
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "pred", "correct", *[f"p_{c}" for c in classes]])
-        for p, y, i in zip(probs, targets, idx):
-            s = part.samples[int(i)]
-            try:
-                rel = Path(s.path).resolve().relative_to(Path(root).resolve()).as_posix()
-            except ValueError:
-                rel = str(s.path)
-            pred = int(p.argmax())
-            w.writerow([rel, classes[int(y)], classes[pred], int(pred == int(y)), *[f"{v:.6f}" for v in p]])
+    rows = []
+    for p, y, i in zip(probs, targets, idx):
+        pred = int(p.argmax())
+        rows.append([relative_path(part.samples[int(i)].path, part.root), classes[int(y)], classes[pred],
+                     int(pred == int(y)), *[f"{v:.6f}" for v in p]])
+    write_csv(path, ["path", "label", "pred", "correct", *[f"p_{c}" for c in classes]], rows)
 
 
-# ----------------------------------------------------------------------------- loading a finished run
-
-
-def load_run(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UnifiedCNNRNN, Config, list[str]]:
-    """The trained model of a finished run folder, its configuration and class names."""
-    path = Path(run) / "checkpoints" / "model.pt"
-    if not path.exists():
-        raise RunFolderError(f"{run} holds no trained model ({path} is missing); train it first or pass --resume")
-    ckpt = load_checkpoint(path, device)
-    missing = sorted({"model", "config", "classes"} - set(ckpt))
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is not a finished model of emotionlib")
-    try:
-        cfg = Config.from_dict(ckpt["config"])  # not validate(): its device may be one this machine lacks
-    except (EmotionLibError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {path} holds an unusable configuration ({e})") from None
-    model = UnifiedCNNRNN(cfg.model)
-    load_model_state(model, ckpt["model"], path)
-    classes = ckpt["classes"]  # one distinct name per output of the classifier, or predictions name the wrong class
-    if (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)
-            or len(set(classes)) != len(classes) or len(classes) != cfg.model.num_classes):
-        raise CheckpointError(f"checkpoint {path} lists {len(classes) if isinstance(classes, (list, tuple)) else '?'} "
-                              f"class name(s) for a model of {cfg.model.num_classes} classes")
-    return model.to(device).eval(), cfg, list(classes)
-
-
+# RunFolder, read_summary, the checkpoint helpers and TrainingError live in checkpoint.py and errors.py; they stay
+# importable from here, where the notebooks and scripts that train reach for them.
 __all__ = ["fit", "train_one_epoch", "RunFolder", "load_run", "load_checkpoint", "save_checkpoint", "TrainingError",
+           "read_summary", "load_model_state",
            "set_trainable", "all_stages", "derive_seed", "ShuffleBatchSampler"]

@@ -1,7 +1,9 @@
-"""Small shared helpers: atomic writes, seeding, devices, JSON."""
+"""Small shared helpers: atomic writes (text, JSON, CSV), dataset-relative paths, file hashes, seeding, devices."""
 from __future__ import annotations
 
+import csv
 import errno
+import hashlib
 import json
 import os
 import random
@@ -113,6 +115,33 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
+def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
+    """Rows under a header as CSV, atomically (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def relative_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`path` relative to the dataset folder `root`, with forward slashes, as split.csv, predictions.csv and the
+    feature caches store it; a path outside `root` stays absolute, so it still names the file."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def file_sha256(path: str | os.PathLike, length: int = 16) -> str:
+    """The first `length` hex digits of a file's SHA-256: which weight file a result came from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -129,6 +158,11 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, torch.Tensor):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple, stable across processes (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 def seed_everything(seed: int) -> None:
@@ -183,7 +217,7 @@ def in_notebook() -> bool:
         return False
 
 
-# Set by the runner for the kernels papermill starts: they are notebooks, but no front end renders a widget there.
+# Set by emotionlib.pipeline for the kernels papermill starts: they are notebooks, but no front end renders a widget there.
 NO_WIDGETS_ENV = "EMOTIONLIB_NO_WIDGETS"
 
 

@@ -23,6 +23,26 @@ def write_image(path: Path, size: tuple[int, int] = (12, 10), color=None, mode: 
     return path
 
 
+class Killed(BaseException):
+    """What `kill_after_epochs` raises: a process killed mid-epoch (not an Exception, so nothing catches it)."""
+
+
+def kill_after_epochs(monkeypatch, n: int) -> None:
+    """Make train.fit die inside epoch n + 1, as a killed process would: the first n epochs and their checkpoints
+    are on disk, the epoch it died in is not."""
+    import emotionlib.train as T
+
+    real, calls = T.train_one_epoch, []
+
+    def epoch(*a, **k):
+        calls.append(1)
+        if len(calls) > n:
+            raise Killed(f"killed in epoch {len(calls)}")
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "train_one_epoch", epoch)
+
+
 @pytest.fixture
 def make_image():
     """`make_image(path, size=(w, h), color=None, mode="RGB", **save_kwargs) -> path`."""

@@ -252,7 +252,7 @@ def test_sweep_is_idempotent(sweep, base_run, monkeypatch):
         raise AssertionError("a finished variant was trained again")
 
     monkeypatch.setattr(ablation, "train_head", boom)
-    monkeypatch.setattr(ablation, "_fit", boom)
+    monkeypatch.setattr(ablation, "_fit_variant", boom)
     again = run_sweep(base_run, None, out, variants=SMALL_SWEEP, progress=False)
     pd.testing.assert_frame_equal(again, df)
 

@@ -2,7 +2,6 @@
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -172,10 +171,10 @@ def test_branch_accuracies_at_their_own_stage_and_after_fusion(protocol):
     assert read_json(run / "table1" / "seed-3" / "gru" / "metrics.json")["branch_test_accuracy_at_stage"] == {}
     b4 = read_json(run / "table1" / "seed-3" / "bigru4" / "metrics.json")["branch_test_accuracy_at_stage"]
     assert set(b4) == {"branch1", "branch2", "branch3", "main"}
-    # the branches are frozen after their own stage: stage-main.pt scores them as runner.branch_accuracy does
-    from emotionlib import runner
+    # the branches are frozen after their own stage: stage-main.pt scores them as notebook.branch_accuracy does
+    from emotionlib import notebook
 
-    acc = runner.branch_accuracy(run / "train", "stage-main.pt", "cpu")["test_acc"].to_dict()
+    acc = notebook.branch_accuracy(run / "train", "stage-main.pt", "cpu")["test_acc"].to_dict()
     assert acc == pytest.approx(m["branch_test_accuracy_at_stage"])
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from emotionlib import runner
+from emotionlib import notebook, pipeline
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if re.fullmatch(r"\d\d_[A-Za-z0-9_-]+\.ipynb", p.name))
@@ -62,7 +62,7 @@ def test_no_paths_of_the_machine(path):
 
 @pytest.mark.parametrize("path", PATHS, ids=ids(PATHS))
 def test_one_parameters_cell_with_the_pipeline_defaults(path):
-    declared = runner.declared_parameters(path)  # raises unless exactly one cell is tagged `parameters`
+    declared = pipeline.declared_parameters(path)  # raises unless exactly one cell is tagged `parameters`
     assert {k: declared.get(k) for k in DEFAULTS} == DEFAULTS
     nb = load(path)
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -126,9 +126,9 @@ def test_the_printed_optimiser_is_the_configurations():
     """Notebook 03 names the CNN's fine-tuning optimiser from the configuration (the smoke profile's Adam, the
     paper's SGD), never from prose: its committed output must agree with the profile it ran."""
     nb = load(NOTEBOOKS / "03_fusion.ipynb")
-    profile = runner.declared_parameters(NOTEBOOKS / "03_fusion.ipynb")["profile"].strip('"')
+    profile = pipeline.declared_parameters(NOTEBOOKS / "03_fusion.ipynb")["profile"].strip('"')
     printed = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                if "CNN fine-tuned with" in o.get("text", "")]
     assert printed, "notebook 03 does not print the fine-tuning optimiser"
     named = re.search(r"CNN fine-tuned with (\w+)", printed[0]).group(1)
-    assert named == runner.pipeline_config(profile).train.optimizer
+    assert named == notebook.pipeline_config(profile).train.optimizer

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from emotionlib import probes
-from emotionlib.ablation import Features, _relative_paths, extract_features
+from emotionlib.ablation import Features, extract_features
+from emotionlib.utils import relative_path
 from emotionlib.config import get_config
 from emotionlib.data import DatasetIndex, open_dataset
 from emotionlib.errors import ConfigError, DataError
@@ -147,7 +148,7 @@ def test_factors_match_the_images_by_path(data):
     factors = probes.read_factors(data)
     assert list(factors.columns[:4]) == ["label", "true_label", "colour", "texture"]
     part = part_of(data)
-    rows = probes.match_factors(factors, _relative_paths(part))
+    rows = probes.match_factors(factors, [relative_path(s.path, part.root) for s in part.samples])
     for s, (_, r) in zip(part.samples, rows.iterrows()):
         assert r["colour"] == CLASS_FACTORS[s.label]["colour"] and r["shape"] == CLASS_FACTORS[s.label]["shape"]
     assert probes.majority_rate(factors, list(factors.index))["texture"] == 0.5  # 4 classes of 8 per level
@@ -194,7 +195,8 @@ def halves(data: Path) -> dict[str, DatasetIndex]:
 
 
 def test_control_cnn_is_the_initial_draw_of_fit(branch1_run):
-    from emotionlib.train import derive_seed, load_checkpoint
+    from emotionlib.checkpoint import load_checkpoint
+    from emotionlib.utils import derive_seed
 
     cfg = tiny()
     torch.manual_seed(123)

@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from emotionlib import runner, utils
+from emotionlib import pipeline, utils
 
 
 def _drive(bar, out, n=50):
@@ -52,9 +52,9 @@ def test_a_notebook_bar_is_a_widget_unless_papermill_runs_the_kernel(monkeypatch
 
 def test_the_runner_marks_its_kernels_and_restores_the_environment(monkeypatch):
     monkeypatch.delenv(utils.NO_WIDGETS_ENV, raising=False)
-    before = runner._no_widgets()
+    before = pipeline._no_widgets()
     import os
 
     assert os.environ[utils.NO_WIDGETS_ENV] == "1"
-    runner._restore(before)
+    pipeline._restore(before)
     assert utils.NO_WIDGETS_ENV not in os.environ

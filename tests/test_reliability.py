@@ -168,12 +168,16 @@ def test_sigkill_in_the_middle_of_a_stage_then_resume_gives_the_same_metrics(dat
 # --- damaged files -----------------------------------------------------------------------------------------
 
 
-def test_a_corrupt_checkpoint_is_named_never_a_silent_restart(data, tmp_path):
+def test_a_corrupt_checkpoint_is_named_never_a_silent_restart(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
+    from conftest import Killed, kill_after_epochs
+
     from emotionlib.config import get_config
     from emotionlib.train import fit
 
-    fit(get_config("tiny"), data, out, progress=False, stop_after_epochs=2)
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        kill_after_epochs(m, 2)
+        fit(get_config("tiny"), data, out, progress=False)
     last = out / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:100])
     before = (out / "summary.csv").read_text()
@@ -240,14 +244,18 @@ def test_a_second_writer_of_one_run_folder_is_refused(data, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the second writer wrote nothing
 
 
-def test_resume_without_last_pt_goes_on_from_the_latest_stage_checkpoint(data, tmp_path):
+def test_resume_without_last_pt_goes_on_from_the_latest_stage_checkpoint(data, tmp_path, monkeypatch):
+    from conftest import Killed, kill_after_epochs
+
     from emotionlib.config import get_config
     from emotionlib.train import fit
 
     full = cli("train", "--data", data, "--out", tmp_path / "full", "--profile", "tiny", "--deterministic")
     assert full.returncode == 0, full.stderr
     out = tmp_path / "cut"
-    fit(get_config("tiny", **{"train.deterministic": True}), data, out, progress=False, stop_after_epochs=3)
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        kill_after_epochs(m, 2)  # killed inside the third stage's epoch
+        fit(get_config("tiny", **{"train.deterministic": True}), data, out, progress=False)
     (out / "checkpoints" / "last.pt").unlink()  # three stages of one epoch began; two finished
     r = cli("train", "--out", out, "--resume", "--profile", "tiny", "--deterministic")
     assert r.returncode == 0, r.stderr
@@ -256,12 +264,19 @@ def test_resume_without_last_pt_goes_on_from_the_latest_stage_checkpoint(data, t
     assert (out / "metrics.json").read_text() == (tmp_path / "full" / "metrics.json").read_text()
 
 
-def test_resume_without_any_checkpoint_but_with_epochs_is_refused(data, tmp_path):
+def test_resume_without_any_checkpoint_but_with_epochs_is_refused(data, tmp_path, monkeypatch):
+    from conftest import Killed
+
+    import emotionlib.train as T
     from emotionlib.config import get_config
-    from emotionlib.train import fit
+
+    def killed(*a, **k):
+        raise Killed("killed after the first epoch's row, before its stage was saved")
 
     out = tmp_path / "run"
-    fit(get_config("tiny"), data, out, progress=False, stop_after_epochs=1)
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(T, "_save_stage", killed)
+        T.fit(get_config("tiny"), data, out, progress=False)
     (out / "checkpoints" / "last.pt").unlink()
     before = (out / "summary.csv").read_text()
     assert "last.pt is missing" in error_line(cli("train", "--out", out, "--resume", "--profile", "tiny"))
@@ -398,7 +413,8 @@ def test_sigint_of_reproduce_gives_advice_that_holds(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    params = new_code_cell('profile = "tiny"\ndata_dir = ""\nrun_dir = ""\ndevice = "cpu"\nseed = 0\nseeds = 3')
+    params = new_code_cell('profile = "tiny"\ndata_dir = ""\nrun_dir = ""\ndevice = "cpu"\nseed = 0\nseeds = 3\n'
+                            'threads = "cores"\noverrides = {}')
     params.metadata["tags"] = ["parameters"]
     nb = new_notebook(cells=[params, new_code_cell("import time\nprint('started', flush=True)\ntime.sleep(60)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -9,7 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from emotionlib import cli, runner
+from emotionlib import cli, notebook
+from emotionlib import pipeline as runner  # the papermill pipeline (emotionlib.runner re-exports it for the notebooks)
 from emotionlib.errors import ConfigError
 
 KERNEL = "python3"  # the venv's own kernel: these tests must not need `make setup`
@@ -285,10 +286,11 @@ def test_stage_lines_print_one_line_per_stage(tmp_path):
     (tmp_path / "summary.csv").write_text(
         "stage,epoch,lr,train_loss,train_acc,seconds,val_acc\n"
         "branch1,1,0.1,2.0,0.2,1.0,nan\nbranch1,2,0.1,1.5,0.4,1.0,0.35\nfusion,1,0.01,1.0,0.6,1.0,0.5\n")
-    assert runner.stage_lines(tmp_path) == [
+    assert notebook.stage_lines(tmp_path) == [
         " branch1: 2 epochs, train loss 1.500, train acc 40.0 %, val acc 35.0 %",
         "  fusion: 1 epochs, train loss 1.000, train acc 60.0 %, val acc 50.0 %"]
-    assert runner.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
+    assert notebook.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
+    assert notebook.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
 
 
 def test_local_parameters_reach_only_the_notebooks_that_declare_them(tmp_path):

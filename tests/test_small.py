@@ -1,8 +1,6 @@
 """The small-dataset protocol of Sec. 4.4: folds, one against all without leakage, TPR by hand, the exclusion of
 small classes (IAPS anger), the whole protocol on tiny data, and the command line's errors."""
 import csv
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,5 @@
 """Multi-stage training end to end on tiny generated data: the run folder, freezing, determinism, resuming."""
 import json
-import pickle
 import shutil
 import subprocess
 import sys
@@ -8,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Killed, kill_after_epochs
 
 from emotionlib.config import get_config
 from emotionlib.errors import CheckpointError, ConfigError, RunFolderError
-from emotionlib.model import UnifiedCNNRNN
 from emotionlib.synth import generate
 from emotionlib.train import TrainingError, fit, load_checkpoint, load_run, read_summary
 
@@ -80,16 +79,17 @@ def test_deterministic_runs_write_identical_metrics(tiny_data, base_run, tmp_pat
     assert fit(tiny_cfg(), tiny_data, tmp_path / "b", progress=False, until="main") == {"stopped_after_stage": "main"}
     fit(tiny_cfg(), None, tmp_path / "b", resume=True, progress=False)
     assert (tmp_path / "b/metrics.json").read_text() == (base_run / "metrics.json").read_text()
-    c = fit(tiny_cfg(**{"train.seed": 1}), tiny_data, tmp_path / "c", progress=False)
+    fit(tiny_cfg(**{"train.seed": 1}), tiny_data, tmp_path / "c", progress=False)
     loss = lambda run: [r["train_loss"] for r in read_summary(run / "summary.csv")]
     assert loss(tmp_path / "c") != loss(base_run)  # another seed is another run
 
 
-def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path):
+def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_cfg(**{"train.stage_epochs": 2, "train.fusion_epochs": 2})
     fit(cfg, tiny_data, tmp_path / "full", progress=False)
-    out = fit(cfg, tiny_data, tmp_path / "cut", progress=False, stop_after_epochs=3)  # inside stage branch2
-    assert out == {"stopped_after_epochs": 3}
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        kill_after_epochs(m, 3)  # inside stage branch2
+        fit(cfg, tiny_data, tmp_path / "cut", progress=False)
     assert not (tmp_path / "cut/metrics.json").exists()
     with pytest.raises(RunFolderError, match="--resume"):
         fit(cfg, tiny_data, tmp_path / "cut", progress=False)
@@ -98,8 +98,10 @@ def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path):
     assert (tmp_path / "cut/summary.csv").read_text().count("\n") == (tmp_path / "full/summary.csv").read_text().count("\n")
 
 
-def test_resume_with_another_configuration_is_refused(tiny_data, tmp_path):
-    fit(tiny_cfg(), tiny_data, tmp_path / "r", progress=False, stop_after_epochs=1)
+def test_resume_with_another_configuration_is_refused(tiny_data, tmp_path, monkeypatch):
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        kill_after_epochs(m, 1)
+        fit(tiny_cfg(), tiny_data, tmp_path / "r", progress=False)
     with pytest.raises(RunFolderError, match="different configuration"):
         fit(tiny_cfg(**{"model.variant": "gru"}), None, tmp_path / "r", resume=True, progress=False)
 
