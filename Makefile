@@ -16,7 +16,7 @@ SMALL ?=
 LAYOUT ?= artphoto
 KERNEL := emotionlib
 
-.PHONY: setup reproduce test unit lint format lab bench bench-cuda data clean-runs notebooks
+.PHONY: setup browser reproduce test unit lint format lab bench bench-cuda data clean-runs notebooks
 
 setup: $(STAMP)
 
@@ -24,7 +24,19 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (emotionlib)" >/dev/null
+	@$(MAKE) --no-print-directory browser
 	@touch $(STAMP)
+
+# The browser test (tests/test_browser.py) drives the system's Chromium through Playwright; nothing downloads a
+# browser. Installed here when missing and possible (root with apt-get, as in CI); never fails the set-up.
+CHROMIUM ?= /usr/lib/chromium/chromium
+CHROMIUM_INSTALL := apt-get install -y chromium
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || test -x $(CHROMIUM); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	     { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(CHROMIUM_INSTALL) -qq --no-install-recommends; } >/dev/null 2>&1; then \
+	     echo "installed Chromium for the browser test"; \
+	else echo "no Chromium: the browser test will be skipped (fails under CI=true); install it with: sudo $(CHROMIUM_INSTALL)"; fi
 
 # The built-in synthetic dataset (data/README.md); regenerated only when missing.
 $(DATA)/synth_meta.json: | setup
@@ -46,7 +58,7 @@ UNIT_TESTS := tests/test_model.py tests/test_losses.py tests/test_data.py tests/
 	tests/test_checkpoint.py \
 	tests/test_environment.py
 unit: setup
-	$(PY) -m pytest -m "not slow" $(UNIT_TESTS)
+	$(PY) -m pytest -m "not slow and not browser" $(UNIT_TESTS)
 
 # ruff's linter (pyproject.toml, [tool.ruff]); `make format` applies its formatter.
 lint: setup

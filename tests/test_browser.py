@@ -24,8 +24,9 @@ CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "goo
 
 
 def chromium() -> str | None:
-    """The system's Chromium binary (Debian's /usr/bin/chromium is a shell wrapper; the binary sits beside it)."""
-    for name in CANDIDATES:
+    """The system's Chromium binary (Debian's /usr/bin/chromium is a shell wrapper; the binary sits beside it),
+    or the one EMOTIONLIB_CHROMIUM names."""
+    for name in [os.environ["EMOTIONLIB_CHROMIUM"]] if os.environ.get("EMOTIONLIB_CHROMIUM") else CANDIDATES:
         found = name if os.path.isfile(name) and os.access(name, os.X_OK) else shutil.which(name)
         if found:
             return found
@@ -45,7 +46,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def browser_exe() -> str:
+    """Checked before JupyterLab starts, so that a missing browser skips at once."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("playwright (pip install -e '.[dev]')")
+    exe = chromium()
+    if exe is None:
+        _missing("Chromium")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def lab(browser_exe, tmp_path_factory):
     """(base URL, token, workspace): a copy of notebooks/ beside a tiny finished run at the default ../runs/smoke."""
     from emotionlib.config import get_config
     from emotionlib.synth import generate
@@ -100,14 +114,10 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(lab):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright (pip install -e '.[dev]')")
-    exe = chromium()
-    if exe is None:
-        _missing("Chromium")
+def page(browser_exe, lab):
+    from playwright.sync_api import sync_playwright
+
+    exe = browser_exe
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         pg = browser.new_page(viewport={"width": 1400, "height": 1300})
