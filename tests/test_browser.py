@@ -128,13 +128,16 @@ def page(browser_exe, lab):
 
 def _open(page, lab, name: str) -> None:
     base, token, _ = lab
-    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    # reset: a fresh workspace, without the notebooks (and kernels) of earlier tests
+    page.goto(f"{base}/lab/tree/{name}?token={token}&reset")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     page.wait_for_function("() => window.jupyterapp !== undefined")
 
 
-KERNEL_IDLE = """() => {
+# the notebook in front is `name`, its kernel connected and idle
+KERNEL_IDLE = """name => {
     const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    if (!w || !w.context || !w.context.path.endsWith(name)) return false;
     const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
     return !!(w.context && w.context.isReady && k && k.connectionStatus === 'connected' && k.status === 'idle');
 }"""
@@ -153,7 +156,7 @@ def test_the_explorer_runs_and_follows_its_controls(page, lab, tmp_path):
     # Run All issued before the notebook's kernel is connected and idle runs nothing, and says nothing either:
     # wait for the kernel, start the run without awaiting it, and issue it once more should nothing appear
     for attempt in range(2):
-        page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+        page.wait_for_function(KERNEL_IDLE, arg="09_explorer.ipynb", timeout=120_000)
         # the committed notebook carries its widgets' saved state: clear it, so that only a live label counts
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
         page.wait_for_selector(".explorer-prediction", state="detached")
@@ -210,7 +213,7 @@ def test_a_progress_bar_is_a_widget_in_jupyterlab(page, lab):
     nb.metadata["kernelspec"] = {"name": "emotionlib", "display_name": "Python (emotionlib)", "language": "python"}
     nbformat.write(nb, work / "notebooks" / "progress.ipynb")
     _open(page, lab, "progress.ipynb")
-    page.wait_for_function(KERNEL_IDLE, timeout=120_000)
+    page.wait_for_function(KERNEL_IDLE, arg="progress.ipynb", timeout=120_000)
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     page.locator(".jp-OutputArea .widget-hprogress").first.wait_for(timeout=90_000)  # ipywidgets' progress bar
     assert "demo" in page.locator(".jp-OutputArea").first.inner_text()
