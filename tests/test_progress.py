@@ -58,3 +58,19 @@ def test_the_runner_marks_its_kernels_and_restores_the_environment(monkeypatch):
     assert os.environ[utils.NO_WIDGETS_ENV] == "1"
     pipeline._restore(before)
     assert utils.NO_WIDGETS_ENV not in os.environ
+
+
+def test_a_bar_in_a_notebook_papermill_runs_prints_plain_lines(tmp_path):
+    """In the executed copy: a stream of plain lines, no widget (no front end would ever render it there)."""
+    import nbformat
+
+    from tests.test_runner import KERNEL, params, write_nb
+
+    body = ("from emotionlib.utils import progress_bar\nbar = progress_bar(5, 'demo')\n"
+            "for _ in range(5):\n    bar.update(1)\nbar.close()")
+    nb = write_nb(tmp_path / "nbs" / "01_a.ipynb", body)
+    pipeline.run_notebooks([nb], tmp_path / "run", params(tmp_path), kernel=KERNEL, progress=False)
+    cell = nbformat.read(tmp_path / "run" / "01_a.ipynb", as_version=4).cells[-1]
+    assert not [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+    assert "5/5" in text and "\r" not in text
