@@ -1,7 +1,9 @@
 """The explorer in a real browser: JupyterLab on a free local port with a token, driven headless by Playwright with
 the system's Chromium (no browser is ever downloaded). It opens notebook 09 on a tiny run this test trains, runs
-it, moves a control and checks that the displayed prediction changes; then it opens every notebook of the ordered
-set and checks that each renders without an error output. Works in a temporary copy: nothing is saved back."""
+it, moves a control, checks that the displayed prediction changes and saves a screenshot (tmp_path, and
+/tmp/explorer.png or EXPLORER_SCREENSHOT); checks that a progress bar renders as a widget; then it opens every
+notebook of the ordered set and checks that each renders without an error output. Works in a temporary copy:
+nothing is saved back. Without Chromium it is skipped with the command that installs it; under CI=true it fails."""
 from __future__ import annotations
 
 import json
