@@ -182,8 +182,8 @@ def _verify_all(paths: Sequence[Path], max_pixels: int, progress: bool) -> list[
     """Decode every file: its (width, height) after rotation, or the reason it cannot be used."""
     it: Iterable[Path] = paths
     if progress:
-        from tqdm import tqdm
-        it = tqdm(paths, desc="verifying images", unit="img")
+        from .utils import progress_bar
+        it = progress_bar(len(paths), "verifying images", iterable=paths, unit="img")
     out: list[tuple[int, int] | str] = []
     for p in it:
         if _unsupported(p):

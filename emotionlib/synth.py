@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from emotionlib.errors import ConfigError
 from emotionlib.paper import CLASSES as MIKELS_EMOTIONS
@@ -392,7 +391,9 @@ def generate(out_dir, per_class: int = PER_CLASS, size: int = 128, seed: int = 0
 
     counters = dict.fromkeys(CLASSES, 0)
     rows = []
-    with tqdm(total=per_class * len(CLASSES), desc="synth", unit="img", disable=not progress) as bar:
+    from emotionlib.utils import progress_bar
+
+    with progress_bar(per_class * len(CLASSES), "synth", enabled=progress, unit="img") as bar:
         for ci, true in enumerate(CLASSES):
             for i in range(per_class):
                 # Both draws are always made so that the noise level never changes later images.

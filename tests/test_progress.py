@@ -74,3 +74,18 @@ def test_a_bar_in_a_notebook_papermill_runs_prints_plain_lines(tmp_path):
     assert not [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
     assert "5/5" in text and "\r" not in text
+
+
+def test_the_command_line_logs_its_bars_as_plain_lines(tmp_path):
+    """Every bar of synth, the image check and training goes through progress_bar: CI's captured stderr."""
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "emotionlib"]
+    synth = subprocess.run([*run, "synth", "--out", str(tmp_path / "d"), "--per-class", "4", "--size", "64"],
+                           capture_output=True, text=True, timeout=120)
+    train = subprocess.run([*run, "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--profile",
+                            "tiny"], capture_output=True, text=True, timeout=300)
+    assert synth.returncode == 0 and train.returncode == 0, (synth.stderr + train.stderr)[-2000:]
+    for err, bar in ((synth.stderr, "synth"), (train.stderr, "verifying images"), (train.stderr, "branch1")):
+        assert bar in err and "\r" not in err, err[-1000:]
