@@ -14,6 +14,7 @@ Only the rows that need other taps train CNN parts: `bigru4` and `bigru6` start 
 branch, whose FC_5 reads three or five side branches, and for `bigru6` the new branch 0; `softmax` (no branches)
 is its own end-to-end `fit`. The base run's own fine-tuned result is a separate row.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,16 @@ from .model import UnifiedCNNRNN, fusion_head, parse_variant
 from .paper import TABLE1_VARIANTS
 from .threads import one_thread
 from .train import optimizer_step
-from .utils import (autocast, derive_seed, file_sha256, progress_bar, read_json, relative_path, resolve_device,
-                    write_json)
+from .utils import (
+    autocast,
+    derive_seed,
+    file_sha256,
+    progress_bar,
+    read_json,
+    relative_path,
+    resolve_device,
+    write_json,
+)
 
 #: Every row of Table 1 this project trains, plus the max / avg aggregation Sec. 1 contrasts with.
 SWEEP_VARIANTS = ("softmax", "ensemble", "lstm", "bilstm", "gru", "bigru", "bigru4", "bigru6", "max", "avg")
@@ -99,14 +108,16 @@ def _views(x: torch.Tensor, views: str) -> torch.Tensor:
         return torch.cat([x, x.flip(-1)], dim=1)
     if views == "five":
         return x
-    return x[:, CENTRE_CROP:CENTRE_CROP + 1]
+    return x[:, CENTRE_CROP : CENTRE_CROP + 1]
 
 
 def _branch_outputs(model: UnifiedCNNRNN, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(V, logits) of every branch in feature_keys order, stacked, from trunk maps computed once."""
     out = model.heads_from_maps(maps)
-    return (torch.stack([out[k][0] for k in model.feature_keys], 1).float(),
-            torch.stack([out[k][1] for k in model.feature_keys], 1).float())
+    return (
+        torch.stack([out[k][0] for k in model.feature_keys], 1).float(),
+        torch.stack([out[k][1] for k in model.feature_keys], 1).float(),
+    )
 
 
 def _load_cache(cache: str | os.PathLike | None, key: dict[str, Any]) -> Features | None:
@@ -118,13 +129,27 @@ def _load_cache(cache: str | os.PathLike | None, key: dict[str, Any]) -> Feature
         return None
     if saved.get("key") != key:
         return None
-    return Features(saved["V"], saved["logits"], saved["targets"], list(key["keys"]), list(key["classes"]),
-                    list(key["paths"]), key["views"])
+    return Features(
+        saved["V"],
+        saved["logits"],
+        saved["targets"],
+        list(key["keys"]),
+        list(key["classes"]),
+        list(key["paths"]),
+        key["views"],
+    )
 
 
-def extract_features(model: UnifiedCNNRNN, index_part: DatasetIndex, cfg: Config, views: str = "five+mirror", *,
-                     cache: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                     progress: bool = False) -> Features:
+def extract_features(
+    model: UnifiedCNNRNN,
+    index_part: DatasetIndex,
+    cfg: Config,
+    views: str = "five+mirror",
+    *,
+    cache: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Features:
     """Branch features V_1..V_T and branch logits of every image of a split, computed once per view.
 
     `views`: "five+mirror" (10 per image: the five crops of Sec. 4.1 and their mirrors, what the CNN stages train
@@ -133,8 +158,9 @@ def extract_features(model: UnifiedCNNRNN, index_part: DatasetIndex, cfg: Config
     atomically and reused on the next call as long as the CNN weights, the images, the views and the crop
     geometry are the same (otherwise it is recomputed and replaced).
     """
-    return extract_shared({"cnn": model}, index_part, cfg, views, {"cnn": cache}, device=device,
-                          progress=progress)["cnn"]
+    return extract_shared({"cnn": model}, index_part, cfg, views, {"cnn": cache}, device=device, progress=progress)[
+        "cnn"
+    ]
 
 
 def _folded_trunk(trunk: nn.Module, channels_last: bool) -> nn.Module:
@@ -158,9 +184,16 @@ def _folded_trunk(trunk: nn.Module, channels_last: bool) -> nn.Module:
 
 
 @torch.inference_mode()
-def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex, cfg: Config,
-                   views: str = "five+mirror", caches: Mapping[str, str | os.PathLike | None] | None = None, *,
-                   device: str | torch.device | None = None, progress: bool = False) -> dict[str, Features]:
+def extract_shared(
+    models: Mapping[str, UnifiedCNNRNN],
+    index_part: DatasetIndex,
+    cfg: Config,
+    views: str = "five+mirror",
+    caches: Mapping[str, str | os.PathLike | None] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Features]:
     """extract_features for several CNNs whose trunks are identical (the sweep's `bigru4` and `bigru6` copy the
     base trunk frozen): the trunk, most of the cost, runs once per batch for all of them. Each model's cache is
     checked first; only the missing ones are computed."""
@@ -168,9 +201,19 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
         raise ConfigError(f"views={views!r}: choose one of {', '.join(VIEWS)}")
     caches = dict(caches or {})
     paths = [relative_path(x.path, index_part.root) for x in index_part.samples]
-    keys = {n: {"format": FEATURE_FORMAT, "cnn": cnn_digest(m), "views": views, "paths": paths,
-                "classes": list(index_part.classes), "resize": cfg.data.resize, "crop": cfg.data.crop,
-                "keys": m.feature_keys} for n, m in models.items()}
+    keys = {
+        n: {
+            "format": FEATURE_FORMAT,
+            "cnn": cnn_digest(m),
+            "views": views,
+            "paths": paths,
+            "classes": list(index_part.classes),
+            "resize": cfg.data.resize,
+            "crop": cfg.data.crop,
+            "keys": m.feature_keys,
+        }
+        for n, m in models.items()
+    }
     out = {n: _load_cache(caches.get(n), keys[n]) for n in models}
     todo = [n for n in models if out[n] is None]
     if not todo:
@@ -196,16 +239,24 @@ def extract_shared(models: Mapping[str, UnifiedCNNRNN], index_part: DatasetIndex
                     outs[n].append(_branch_outputs(models[n], maps))
         for n in todo:
             v, logits = (torch.cat([o[j] for o in outs[n]]) for j in (0, 1))
-            parts[n].append((v.reshape(b, n_views, *v.shape[1:]).cpu(),
-                             logits.reshape(b, n_views, *logits.shape[1:]).cpu()))
+            parts[n].append(
+                (v.reshape(b, n_views, *v.shape[1:]).cpu(), logits.reshape(b, n_views, *logits.shape[1:]).cpu())
+            )
         ys.append(y)
         bar.update(1)
     bar.close()
     targets = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long)
     for n in todo:
         k = keys[n]
-        out[n] = Features(torch.cat([p[0] for p in parts[n]]), torch.cat([p[1] for p in parts[n]]), targets,
-                          list(k["keys"]), list(k["classes"]), paths, views)
+        out[n] = Features(
+            torch.cat([p[0] for p in parts[n]]),
+            torch.cat([p[1] for p in parts[n]]),
+            targets,
+            list(k["keys"]),
+            list(k["classes"]),
+            paths,
+            views,
+        )
         if caches.get(n) is not None:
             save_checkpoint(Path(caches[n]), {"key": k, "V": out[n].V, "logits": out[n].logits, "targets": targets})
     return out
@@ -228,14 +279,15 @@ def ensemble_probs(feats: Features) -> np.ndarray:
 
 
 @torch.inference_mode()
-def head_probs(head: torch.nn.Module, feats: Features, device: str | torch.device = "cpu",
-               batch_size: int = 256) -> np.ndarray:
+def head_probs(
+    head: torch.nn.Module, feats: Features, device: str | torch.device = "cpu", batch_size: int = 256
+) -> np.ndarray:
     """Softmax of the head on every view, averaged over the views (five-crop evaluation)."""
     head = head.to(device).eval()
     n, v, t, d = feats.V.shape
     out = []
     for i in range(0, n, batch_size):
-        seq = feats.V[i:i + batch_size].reshape(-1, t, d).to(device)
+        seq = feats.V[i : i + batch_size].reshape(-1, t, d).to(device)
         out.append(mean_softmax(head(seq), len(seq) // v, v))
     return torch.cat(out).numpy() if out else np.zeros((0, head_classes(head)))
 
@@ -244,8 +296,14 @@ def head_classes(head: torch.nn.Module) -> int:
     return head.fc.out_features
 
 
-def train_head(variant: str, features: Mapping[str, Features], cfg: Config, *, device: str | torch.device | None = None,
-               progress: bool = False) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+def train_head(
+    variant: str,
+    features: Mapping[str, Features],
+    cfg: Config,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[torch.nn.Module | None, dict[str, Any]]:
     """Train a variant's fusion head on cached features; evaluate it on features["test"] (and "val").
 
     As the fusion stage of `fit` (Sec. 4.1): RMSprop at `train.fusion_lr` for `train.fusion_epochs`, the loss of
@@ -259,15 +317,18 @@ def train_head(variant: str, features: Mapping[str, Features], cfg: Config, *, d
     if fusion == "softmax":
         make_head(variant, 0, cfg)  # raises: no head to train
     if len(train.keys) != n_branches:
-        raise ConfigError(f"variant {variant!r} reads {n_branches} branches but the features hold {len(train.keys)} "
-                          f"({', '.join(train.keys)}); extract them from a CNN with {n_branches} branches")
+        raise ConfigError(
+            f"variant {variant!r} reads {n_branches} branches but the features hold {len(train.keys)} "
+            f"({', '.join(train.keys)}); extract them from a CNN with {n_branches} branches"
+        )
     dev = resolve_device(cfg.train.device) if device is None else torch.device(device)
     with one_thread(dev):  # a head's matrices are tiny: more threads only synchronise (docs/performance.md)
         return _train_head(variant, features, cfg, dev, progress)
 
 
-def _train_head(variant: str, features: Mapping[str, Features], cfg: Config, dev: torch.device,
-                progress: bool) -> tuple[torch.nn.Module | None, dict[str, Any]]:
+def _train_head(
+    variant: str, features: Mapping[str, Features], cfg: Config, dev: torch.device, progress: bool
+) -> tuple[torch.nn.Module | None, dict[str, Any]]:
     train = features["train"]
     t = cfg.train
     history: list[dict[str, Any]] = []
@@ -285,15 +346,19 @@ def _train_head(variant: str, features: Mapping[str, Features], cfg: Config, dev
             perm, view = torch.randperm(n, generator=g), torch.randint(n_views, (n,), generator=g)
             loss_sum = correct = 0.0
             for i in range(0, n, t.batch_size):
-                idx = perm[i:i + t.batch_size]
+                idx = perm[i : i + t.batch_size]
                 seq, y = train.V[idx, view[idx]].to(dev), train.targets[idx].to(dev)
                 logits = head(seq)
                 loss, _ = fusion_loss(logits, y, head.weight_matrices(), t.reg_lambda, t.reg_squared)
                 optimizer_step([opt], loss, f"the loss of the {variant} head")
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += float((logits.argmax(1) == y).sum())
-            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n,
-                   "train_acc": correct / n}
+            row = {
+                "epoch": epoch + 1,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": loss_sum / n,
+                "train_acc": correct / n,
+            }
             sched.step()
             if "val" in features and len(features["val"]):
                 row["val_acc"] = accuracy(head_probs(head, features["val"], dev), features["val"].targets)
@@ -311,8 +376,13 @@ def evaluate_head(head: torch.nn.Module | None, features: Mapping[str, Features]
     test = features["test"]
     p = ensemble_probs(test) if head is None else head_probs(head, test)
     s = summarise_predictions(test.targets.numpy(), p, test.classes)
-    m = {"test_accuracy": s["accuracy"], "mean_tpr": s["mean_tpr"], "per_class_tpr": s["per_class_tpr"],
-         "confusion": s["confusion"], "n_test": len(test)}
+    m = {
+        "test_accuracy": s["accuracy"],
+        "mean_tpr": s["mean_tpr"],
+        "per_class_tpr": s["per_class_tpr"],
+        "confusion": s["confusion"],
+        "n_test": len(test),
+    }
     val = features.get("val")
     if val is not None and len(val):
         pv = ensemble_probs(val) if head is None else head_probs(head, val)
@@ -357,8 +427,9 @@ class BaseRun:
         path = Path(path)
         for need in ("checkpoints/stage-main.pt", "config.json", "run.json", "split.csv"):
             if not (path / need).exists():
-                raise RunFolderError(f"base run {path} has no {need}; train its CNN first with "
-                                     f"fit(cfg, data, {path}, until='main')")
+                raise RunFolderError(
+                    f"base run {path} has no {need}; train its CNN first with fit(cfg, data, {path}, until='main')"
+                )
         meta = read_json(path / "run.json")
         cfg = Config.from_dict(read_json(path / "config.json")["config"])
         root = Path(data_dir) if data_dir is not None else Path(meta["data_root"])
@@ -377,8 +448,10 @@ def load_cnn(checkpoint: str | os.PathLike) -> tuple[UnifiedCNNRNN, Config]:
 def _check_cfg(cfg: Config, base: Config) -> None:
     diff = [k for k in config_diff(cfg, base) if k.startswith(("model.", "data.")) and k != "model.variant"]
     if diff:
-        raise ConfigError(f"cfg differs from the base run's in {', '.join(diff[:5])}; the sweep reuses the base "
-                          "CNN and its data geometry, so only train.* settings may change")
+        raise ConfigError(
+            f"cfg differs from the base run's in {', '.join(diff[:5])}; the sweep reuses the base "
+            "CNN and its data geometry, so only train.* settings may change"
+        )
 
 
 def split_views(cfg: Config) -> dict[str, str]:
@@ -387,8 +460,12 @@ def split_views(cfg: Config) -> dict[str, str]:
     return {"train": "five+mirror" if cfg.data.mirror else "five", "val": "five", "test": "five"}
 
 
-def shared_features(cnns: Mapping[str, tuple[UnifiedCNNRNN, Path]], parts: Mapping[str, DatasetIndex], cfg: Config,
-                    progress: bool = False) -> dict[str, dict[str, Features]]:
+def shared_features(
+    cnns: Mapping[str, tuple[UnifiedCNNRNN, Path]],
+    parts: Mapping[str, DatasetIndex],
+    cfg: Config,
+    progress: bool = False,
+) -> dict[str, dict[str, Features]]:
     """Features of every split for CNNs sharing one trunk, cached in each CNN's folder (tag -> split -> Features)."""
     out: dict[str, dict[str, Features]] = {tag: {} for tag in cnns}
     groups: dict[str, list[str]] = {}  # CNNs with the same trunk weights share a pass
@@ -413,16 +490,31 @@ def _finished(folder: Path, base: "BaseRun") -> dict[str, Any] | None:
     return None
 
 
-def _fit_variant(vcfg: Config, data_dir, out: Path, base: BaseRun, progress: bool, until: str | None, init: bool) -> dict:
+def _fit_variant(
+    vcfg: Config, data_dir, out: Path, base: BaseRun, progress: bool, until: str | None, init: bool
+) -> dict:
     from .train import fit
 
-    return fit(vcfg, data_dir, out, resume=True, split_csv=base.split_csv, progress=progress,
-               init_from=base.stage_main if init else None, until=until)
+    return fit(
+        vcfg,
+        data_dir,
+        out,
+        resume=True,
+        split_csv=base.split_csv,
+        progress=progress,
+        init_from=base.stage_main if init else None,
+        until=until,
+    )
 
 
-def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
-              variants: Sequence[str] = SWEEP_VARIANTS, cfg: Config | None = None,
-              progress: bool = True) -> pd.DataFrame:
+def run_sweep(
+    base_run: str | os.PathLike,
+    data_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    variants: Sequence[str] = SWEEP_VARIANTS,
+    cfg: Config | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Table 1 on this run's data: one row per variant, plus the base run's own fine-tuned result.
 
     `base_run`: a training folder with at least `checkpoints/stage-main.pt`; its split.csv is every variant's
@@ -442,8 +534,10 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
     if (out / "sweep.json").exists():
         old = read_json(out / "sweep.json")
         if old.get("base_fingerprint") != meta["base_fingerprint"]:
-            raise RunFolderError(f"{out} holds a sweep of another base CNN (of {old.get('base_cnn')}, since retrained "
-                                 "or replaced); choose another out_dir, or delete it to sweep again")
+            raise RunFolderError(
+                f"{out} holds a sweep of another base CNN (of {old.get('base_cnn')}, since retrained "
+                "or replaced); choose another out_dir, or delete it to sweep again"
+            )
     else:
         write_json(out / "sweep.json", meta)  # claims the folder for this base before anything is trained
     n_base = base.cfg.model.n_branches
@@ -477,8 +571,9 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
     for v in variants:
         m = _finished(out / v, base)
         if m is None:
-            m = _run_variant(v, base, data_dir, out / v, vcfg[v], feats.get(v) or feats.get("base"), progress,
-                             seconds.get(v, 0.0))
+            m = _run_variant(
+                v, base, data_dir, out / v, vcfg[v], feats.get(v) or feats.get("base"), progress, seconds.get(v, 0.0)
+            )
         rows.append(_table_row(m))
     if (base.path / "metrics.json").exists():
         rows.append(_finetuned_row(base))
@@ -487,14 +582,30 @@ def run_sweep(base_run: str | os.PathLike, data_dir: str | os.PathLike | None, o
 
     save_table(df, out / "ablation.csv", index=False)
     if todo:
-        write_json(out / "sweep.json", {**meta, "variants": list(variants), "profile": cfg.profile,
-                                        "trained_now": todo, "feature_seconds": feature_seconds,
-                                        "views": split_views(cfg)})
+        write_json(
+            out / "sweep.json",
+            {
+                **meta,
+                "variants": list(variants),
+                "profile": cfg.profile,
+                "trained_now": todo,
+                "feature_seconds": feature_seconds,
+                "views": split_views(cfg),
+            },
+        )
     return df
 
 
-def _run_variant(variant: str, base: BaseRun, data_dir: Path, folder: Path, vcfg: Config,
-                 feats: dict[str, Features] | None, progress: bool, cnn_seconds: float) -> dict[str, Any]:
+def _run_variant(
+    variant: str,
+    base: BaseRun,
+    data_dir: Path,
+    folder: Path,
+    vcfg: Config,
+    feats: dict[str, Features] | None,
+    progress: bool,
+    cnn_seconds: float,
+) -> dict[str, Any]:
     """One row: the end-to-end `fit` for softmax, otherwise a head on cached features; writes metrics.json."""
     start = time.perf_counter()
     fusion, n_branches = parse_variant(variant)
@@ -506,34 +617,57 @@ def _run_variant(variant: str, base: BaseRun, data_dir: Path, folder: Path, vcfg
     else:
         head, m = train_head(variant, feats, vcfg, progress=progress)
         if head is not None:
-            save_checkpoint(folder / "head.pt", {"model": head.state_dict(), "variant": variant,
-                                                  "config": vcfg.to_dict()})
+            save_checkpoint(
+                folder / "head.pt", {"model": head.state_dict(), "variant": variant, "config": vcfg.to_dict()}
+            )
         trained = f"head on the frozen CNN of {base.label}, cached features"
         if n_branches != base.cfg.model.n_branches:
             # fit(init_from=...) retrains every module it could not copy whole: the main branch (FC_5 reads
             # another number of branches) and, for six branches, the new branch 0
-            new = "main branch (new FC_5)" if n_branches < base.cfg.model.n_branches else \
-                "new branch 0 and main branch (new FC_5)"
+            new = (
+                "main branch (new FC_5)"
+                if n_branches < base.cfg.model.n_branches
+                else "new branch 0 and main branch (new FC_5)"
+            )
             trained = f"{new} trained on the frozen trunk of {base.label}, then a head on cached features"
-    m.update(variant=variant, table1_row=row_label(variant), paper_fi_accuracy=TABLE1_VARIANTS.get(variant),
-             trained=trained, base_cnn=base.label, base_fingerprint=base.fingerprint, profile=vcfg.profile,
-             classes=base.classes,
-             seconds=round(cnn_seconds + time.perf_counter() - start, 2))
+    m.update(
+        variant=variant,
+        table1_row=row_label(variant),
+        paper_fi_accuracy=TABLE1_VARIANTS.get(variant),
+        trained=trained,
+        base_cnn=base.label,
+        base_fingerprint=base.fingerprint,
+        profile=vcfg.profile,
+        classes=base.classes,
+        seconds=round(cnn_seconds + time.perf_counter() - start, 2),
+    )
     write_json(folder / "metrics.json", m)
     return m
 
 
 #: The sweep table's columns; accuracies in %. The paper's FI numbers stay in their own column.
-TABLE_COLUMNS = ("variant", "table1_row", "this_run_test_acc", "this_run_mean_tpr", "paper_FI_acc", "trained",
-                 "seconds")
+TABLE_COLUMNS = (
+    "variant",
+    "table1_row",
+    "this_run_test_acc",
+    "this_run_mean_tpr",
+    "paper_FI_acc",
+    "trained",
+    "seconds",
+)
 
 
 def _table_row(m: dict[str, Any]) -> dict[str, Any]:
     paper = m.get("paper_fi_accuracy")
-    return {"variant": m["variant"], "table1_row": m["table1_row"],
-            "this_run_test_acc": round(100 * m["test_accuracy"], 2), "this_run_mean_tpr": round(100 * m["mean_tpr"], 2),
-            "paper_FI_acc": float("nan") if paper is None else paper, "trained": m["trained"],
-            "seconds": m["seconds"]}
+    return {
+        "variant": m["variant"],
+        "table1_row": m["table1_row"],
+        "this_run_test_acc": round(100 * m["test_accuracy"], 2),
+        "this_run_mean_tpr": round(100 * m["mean_tpr"], 2),
+        "paper_FI_acc": float("nan") if paper is None else paper,
+        "trained": m["trained"],
+        "seconds": m["seconds"],
+    }
 
 
 def _finetuned_row(base: BaseRun) -> dict[str, Any]:
@@ -541,12 +675,15 @@ def _finetuned_row(base: BaseRun) -> dict[str, Any]:
     m = read_json(base.path / "metrics.json")
     v = m["variant"]
     seconds = sum(float(r["seconds"]) for r in read_summary(base.path / "summary.csv") if r.get("seconds"))
-    return {"variant": f"{v} (fine-tuned)", "table1_row": row_label(v),
-            "this_run_test_acc": round(100 * m["test_accuracy"], 2), "this_run_mean_tpr": round(100 * m["mean_tpr"], 2),
-            "paper_FI_acc": TABLE1_VARIANTS.get(v, float("nan")),
-            "trained": f"the base run {base.label}: multi-stage CNN, then fusion with the CNN fine-tuned "
-                       "(as the paper)",
-            "seconds": round(seconds, 2)}
+    return {
+        "variant": f"{v} (fine-tuned)",
+        "table1_row": row_label(v),
+        "this_run_test_acc": round(100 * m["test_accuracy"], 2),
+        "this_run_mean_tpr": round(100 * m["mean_tpr"], 2),
+        "paper_FI_acc": TABLE1_VARIANTS.get(v, float("nan")),
+        "trained": f"the base run {base.label}: multi-stage CNN, then fusion with the CNN fine-tuned (as the paper)",
+        "seconds": round(seconds, 2),
+    }
 
 
 def compare_claims(df: pd.DataFrame) -> pd.DataFrame:
@@ -559,9 +696,15 @@ def compare_claims(df: pd.DataFrame) -> pd.DataFrame:
             continue
         pa, pb = TABLE1_VARIANTS.get(a), TABLE1_VARIANTS.get(b)
         paper_diff = None if pa is None or pb is None else round(pa - pb, 2)
-        rows.append({"comparison": f"{a} vs {b}", "claim": what,
-                     "paper_FI_diff": float("nan") if paper_diff is None else paper_diff,
-                     "this_run_diff": round(acc[a] - acc[b], 2), "higher_here": bool(acc[a] > acc[b])})
+        rows.append(
+            {
+                "comparison": f"{a} vs {b}",
+                "claim": what,
+                "paper_FI_diff": float("nan") if paper_diff is None else paper_diff,
+                "this_run_diff": round(acc[a] - acc[b], 2),
+                "higher_here": bool(acc[a] > acc[b]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -622,11 +765,38 @@ def update_gates(model: UnifiedCNNRNN, feats: Features) -> pd.DataFrame:
                 z_mean[t] = float(torch.sigmoid(vz + cell.W_hz(h)).mean())  # Eq. 7
                 h = cell(seq[:, t], h)
             out[f"{name}: mean z_t"] = z_mean
-    return pd.DataFrame(out, index=pd.Index([f"V_{t + 1} ({k})" for t, k in enumerate(feats.keys)], name="step")).round(3)
+    return pd.DataFrame(out, index=pd.Index([f"V_{t + 1} ({k})" for t, k in enumerate(feats.keys)], name="step")).round(
+        3
+    )
 
 
-__all__ = ["SWEEP_VARIANTS", "VIEWS", "split_views", "TABLE_COLUMNS", "CLAIMS", "Features", "extract_features",
-           "extract_shared", "cnn_digest", "make_head", "train_head", "evaluate_head", "ensemble_probs", "head_probs",
-           "BaseRun", "load_cnn", "shared_features", "run_sweep", "row_label", "compare_claims", "plot_sweep",
-           "paper_confusions", "plot_confusions", "top_confusions", "tpr_table", "cue_errors",
-           "zeroed_steps", "update_gates"]
+__all__ = [
+    "SWEEP_VARIANTS",
+    "VIEWS",
+    "split_views",
+    "TABLE_COLUMNS",
+    "CLAIMS",
+    "Features",
+    "extract_features",
+    "extract_shared",
+    "cnn_digest",
+    "make_head",
+    "train_head",
+    "evaluate_head",
+    "ensemble_probs",
+    "head_probs",
+    "BaseRun",
+    "load_cnn",
+    "shared_features",
+    "run_sweep",
+    "row_label",
+    "compare_claims",
+    "plot_sweep",
+    "paper_confusions",
+    "plot_confusions",
+    "top_confusions",
+    "tpr_table",
+    "cue_errors",
+    "zeroed_steps",
+    "update_gates",
+]

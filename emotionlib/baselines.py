@@ -14,6 +14,7 @@ A baseline run folder holds what a unified CNN-RNN run holds (config.json, run.j
 summary.csv for the networks it trains, metrics.json, predictions.csv) but no network checkpoint: ResNet-101
 and AlexNet weigh 170-240 MB each, and a baseline is for comparison, not for later use.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,10 @@ from .utils import progress_bar, read_json, resolve_device, write_json
 
 
 #: The file names torchvision gives its ImageNet weights in its cache (torch.hub.get_dir()/checkpoints).
-TORCHVISION_FILES = {"alexnet": ("alexnet-owt-7be5be79.pth",),
-                     "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth")}
+TORCHVISION_FILES = {
+    "alexnet": ("alexnet-owt-7be5be79.pth",),
+    "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
+}
 ALEXNET_MIN_INPUT = 64  # below 63 px AlexNet's third pooling layer has nothing left to pool
 
 
@@ -79,7 +82,7 @@ def glcm(q: np.ndarray, levels: int, dy: int, dx: int) -> np.ndarray:
     """Symmetric, normalised grey-level co-occurrence matrix of the pixel pairs (y, x), (y + dy, x + dx)."""
     h, w = q.shape
     y0, y1, x0, x1 = max(0, -dy), h - max(0, dy), max(0, -dx), w - max(0, dx)
-    a, b = q[y0:y1, x0:x1], q[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+    a, b = q[y0:y1, x0:x1], q[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
     m = np.bincount((a * levels + b).ravel(), minlength=levels * levels).reshape(levels, levels).astype(np.float64)
     m = m + m.T
     return m / m.sum()
@@ -90,10 +93,12 @@ def glcm_stats(p: np.ndarray) -> dict[str, float]:
     i, j = np.indices(p.shape)
     mu = (i * p).sum()  # the matrix is symmetric: one mean and one variance for rows and columns
     var = (((i - mu) ** 2) * p).sum()
-    return {"contrast": float(((i - j) ** 2 * p).sum()),
-            "correlation": float(((i - mu) * (j - mu) * p).sum() / var) if var > 1e-12 else 1.0,
-            "energy": float((p ** 2).sum()),
-            "homogeneity": float((p / (1 + (i - j) ** 2)).sum())}
+    return {
+        "contrast": float(((i - j) ** 2 * p).sum()),
+        "correlation": float(((i - mu) * (j - mu) * p).sum() / var) if var > 1e-12 else 1.0,
+        "energy": float((p**2).sum()),
+        "homogeneity": float((p / (1 + (i - j) ** 2)).sum()),
+    }
 
 
 def haar_details(a: np.ndarray, levels: int) -> list[np.ndarray]:
@@ -153,15 +158,22 @@ def handcrafted_feature_dict(rgb: np.ndarray) -> dict[str, float]:
     f.update({f"hue_sector_{k:02d}": hist[k] for k in range(ITTEN_SECTORS)})
     rg, yb = rgb[..., 0] - rgb[..., 1], 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
     f["colourfulness"] = math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean())
-    blocks = [(slice(i * y.shape[0] // 4, (i + 1) * y.shape[0] // 4), slice(j * y.shape[1] // 4, (j + 1) * y.shape[1] // 4))
-              for i in range(4) for j in range(4)]
+    blocks = [
+        (slice(i * y.shape[0] // 4, (i + 1) * y.shape[0] // 4), slice(j * y.shape[1] // 4, (j + 1) * y.shape[1] // 4))
+        for i in range(4)
+        for j in range(4)
+    ]
     zb = np.array([_hue_vector(h[b], s[b]) * s[b].mean() for b in blocks])
-    f.update(itten_light_dark=np.std([v[b].mean() for b in blocks]),
-             itten_saturation=np.std([s[b].mean() for b in blocks]),
-             itten_hue=1 - abs(zb.sum()) / max(np.abs(zb).sum(), 1e-12))
+    f.update(
+        itten_light_dark=np.std([v[b].mean() for b in blocks]),
+        itten_saturation=np.std([s[b].mean() for b in blocks]),
+        itten_hue=1 - abs(zb.sum()) / max(np.abs(zb).sum(), 1e-12),
+    )
     deg = h * 360
-    f.update(warm_share=(s * ((deg < 90) | (deg >= 330))).sum() / max(s.sum(), 1e-12),  # red to yellow
-             cool_share=(s * ((deg >= 150) & (deg < 270))).sum() / max(s.sum(), 1e-12))  # cyan to blue
+    f.update(
+        warm_share=(s * ((deg < 90) | (deg >= 330))).sum() / max(s.sum(), 1e-12),  # red to yellow
+        cool_share=(s * ((deg >= 150) & (deg < 270))).sum() / max(s.sum(), 1e-12),
+    )  # cyan to blue
     # texture
     q = np.minimum((y * GLCM_LEVELS).astype(int), GLCM_LEVELS - 1)
     per_dir = [glcm_stats(glcm(q, GLCM_LEVELS, dy, dx)) for dy, dx in ((0, 1), (-1, 1), (-1, 0), (-1, -1))]
@@ -171,10 +183,10 @@ def handcrafted_feature_dict(rgb: np.ndarray) -> dict[str, float]:
     f["glcm_anisotropy"] = (max(c) - min(c)) / max(max(c) + min(c), 1e-12)
     for name, plane in (("luma", y), ("saturation", s)):
         for level, d in enumerate(haar_details(plane, 3), start=1):
-            f[f"wavelet_{name}_{level}"] = d.mean() / 2 ** level  # orthonormal Haar grows by 2 per level
+            f[f"wavelet_{name}_{level}"] = d.mean() / 2**level  # orthonormal Haar grows by 2 per level
     sd = y.std()
-    kurt = ((y - y.mean()) ** 4).mean() / sd ** 4 if sd > 1e-12 else 0.0
-    f["tamura_contrast"] = sd / kurt ** 0.25 if kurt > 0 else 0.0
+    kurt = ((y - y.mean()) ** 4).mean() / sd**4 if sd > 1e-12 else 0.0
+    f["tamura_contrast"] = sd / kurt**0.25 if kurt > 0 else 0.0
     gx, gy = _sobel(y)
     mag = np.hypot(gx, gy)
     w = np.where(mag > 1e-6, mag, 0.0)  # rounding noise of a flat image has no direction
@@ -184,11 +196,15 @@ def handcrafted_feature_dict(rgb: np.ndarray) -> dict[str, float]:
     H, W = y.shape
     inner = (slice(H // 3, 2 * H // 3), slice(W // 3, 2 * W // 3))
     zi = _hue_vector(h[inner], s[inner])
-    f.update(thirds_hue_cos=zi.real, thirds_hue_sin=zi.imag, thirds_saturation=s[inner].mean(),
-             thirds_brightness=v[inner].mean())
+    f.update(
+        thirds_hue_cos=zi.real,
+        thirds_hue_sin=zi.imag,
+        thirds_saturation=s[inner].mean(),
+        thirds_brightness=v[inner].mean(),
+    )
     d3 = haar_details(y, 3)[2]
     n = d3.shape[0] // 4
-    f["low_depth_of_field"] = d3[n:3 * n, n:3 * n].sum() / max(d3.sum(), 1e-12)
+    f["low_depth_of_field"] = d3[n : 3 * n, n : 3 * n].sum() / max(d3.sum(), 1e-12)
     f.update(symmetry_left_right=1 - np.abs(y - y[:, ::-1]).mean(), symmetry_top_bottom=1 - np.abs(y - y[::-1]).mean())
     return {k: float(val) for k, val in f.items()}
 
@@ -196,7 +212,9 @@ def handcrafted_feature_dict(rgb: np.ndarray) -> dict[str, float]:
 FEATURE_NAMES: tuple[str, ...] = tuple(handcrafted_feature_dict(np.zeros((16, 16, 3))))
 
 
-def handcrafted_features(path: str | os.PathLike, size: int = FEATURE_SIZE, max_pixels: int | None = None) -> np.ndarray:
+def handcrafted_features(
+    path: str | os.PathLike, size: int = FEATURE_SIZE, max_pixels: int | None = None
+) -> np.ndarray:
     """The FEATURE_NAMES of one image file: the whole image (EXIF-rotated RGB) resized to size x size."""
     kw = {} if max_pixels is None else {"max_pixels": max_pixels}
     im = load_image(path, **kw).resize((size, size), Image.Resampling.BILINEAR)
@@ -296,17 +314,25 @@ def resolve_weights(arch: str, weights: str | os.PathLike | None) -> tuple[Path 
     elif weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"weights file {path} does not exist; give a state dict saved with "
-                                  f"torch.save(model.state_dict()), or torchvision's {TORCHVISION_FILES[arch][0]}")
+            raise CheckpointError(
+                f"weights file {path} does not exist; give a state dict saved with "
+                f"torch.save(model.state_dict()), or torchvision's {TORCHVISION_FILES[arch][0]}"
+            )
     else:
         path = cached_weights(arch)
     if path is None:
         looked = "" if weights is not None else f" (none given, none in {Path(torch.hub.get_dir()) / 'checkpoints'})"
-        return None, {"pretrained": False, "weights": "random-init",
-                      "weights_note": f"no ImageNet weights{looked}: {arch} started from random initialisation and "
-                                      "saw only this data; the paper's baseline starts from ImageNet weights"}
-    return path, {"pretrained": True, "weights": str(path),
-                  "weights_note": f"{arch} ImageNet weights loaded from {path.name}"}
+        return None, {
+            "pretrained": False,
+            "weights": "random-init",
+            "weights_note": f"no ImageNet weights{looked}: {arch} started from random initialisation and "
+            "saw only this data; the paper's baseline starts from ImageNet weights",
+        }
+    return path, {
+        "pretrained": True,
+        "weights": str(path),
+        "weights_note": f"{arch} ImageNet weights loaded from {path.name}",
+    }
 
 
 def load_weights(net: nn.Module, path: str | os.PathLike, arch: str) -> None:
@@ -319,13 +345,17 @@ def load_weights(net: nn.Module, path: str | os.PathLike, arch: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, foreign pickle, not a torch file at all
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"weights file {path} cannot be read as a state dict ({first[:160]}); give a file "
-                              "saved with torch.save(model.state_dict())") from None
+        raise CheckpointError(
+            f"weights file {path} cannot be read as a state dict ({first[:160]}); give a file "
+            "saved with torch.save(model.state_dict())"
+        ) from None
     if isinstance(state, dict):
         state = state.get("state_dict", state.get("model", state))  # training scripts wrap the state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"weights file {path} holds no state dict of tensors; give a file saved with "
-                              f"torch.save({arch}.state_dict())")
+        raise CheckpointError(
+            f"weights file {path} holds no state dict of tensors; give a file saved with "
+            f"torch.save({arch}.state_dict())"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
     skip = last_layer(arch)
     own = {k: v for k, v in net.state_dict().items() if not k.startswith(skip)}
@@ -333,11 +363,15 @@ def load_weights(net: nn.Module, path: str | os.PathLike, arch: str) -> None:
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if wrong:
         k = wrong[0]
-        raise CheckpointError(f"weights file {path} does not fit {arch}: {k} has shape {tuple(state[k].shape)}, "
-                              f"the network needs {tuple(own[k].shape)} ({len(wrong)} tensor(s) differ)")
+        raise CheckpointError(
+            f"weights file {path} does not fit {arch}: {k} has shape {tuple(state[k].shape)}, "
+            f"the network needs {tuple(own[k].shape)} ({len(wrong)} tensor(s) differ)"
+        )
     if missing:
-        raise CheckpointError(f"weights file {path} does not fit {arch}: it lacks {missing[0]} and "
-                              f"{len(missing) - 1} other tensor(s) of the network")
+        raise CheckpointError(
+            f"weights file {path} does not fit {arch}: it lacks {missing[0]} and "
+            f"{len(missing) - 1} other tensor(s) of the network"
+        )
     net.load_state_dict({**net.state_dict(), **{k: state[k] for k in own}})
 
 
@@ -377,8 +411,14 @@ def resnet_pool5(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def five_crop_features(fn: Callable[[torch.Tensor], torch.Tensor], loader, device: torch.device, side: int | None = None,
-                       desc: str = "features", progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def five_crop_features(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    loader,
+    device: torch.device,
+    side: int | None = None,
+    desc: str = "features",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """fn(crops) for every image, averaged over its five crops (Sec. 4.1). Returns (features, targets, indices)."""
     feats, ys, idx = [], [], []
     bar = progress_bar(len(loader), desc, enabled=progress)
@@ -397,8 +437,18 @@ def five_crop_features(fn: Callable[[torch.Tensor], torch.Tensor], loader, devic
 # ----------------------------------------------------------------------------- training a torchvision network
 
 
-def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config, run, device: torch.device,
-                  side: int, epochs: int, progress: bool) -> None:
+def train_network(
+    net: nn.Module,
+    name: str,
+    rd,
+    classes: list[str],
+    cfg: Config,
+    run,
+    device: torch.device,
+    side: int,
+    epochs: int,
+    progress: bool,
+) -> None:
     """SGD with the profile's lr, momentum and staircase decay (Sec. 4.1), cross-entropy, one random corner or
     centre crop per image, mirrored at random unless data.mirror is off; one summary.csv row per epoch."""
     from .data import ShuffleBatchSampler, make_loader
@@ -439,9 +489,18 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
             net.eval()
             p, yv, _ = five_crop_features(lambda z: torch.softmax(net(z), 1), val_loader, device, side)
             val_acc = accuracy(p, yv)
-        run.append_summary({"stage": name, "epoch": epoch + 1, "lr": lr, "train_loss": total / max(n, 1),
-                            "train_acc": correct / max(n, 1), "seconds": round(seconds, 3),
-                            "images_per_s": round(n / seconds, 2) if seconds > 0 else float("nan"), "val_acc": val_acc})
+        run.append_summary(
+            {
+                "stage": name,
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": total / max(n, 1),
+                "train_acc": correct / max(n, 1),
+                "seconds": round(seconds, 3),
+                "images_per_s": round(n / seconds, 2) if seconds > 0 else float("nan"),
+                "val_acc": val_acc,
+            }
+        )
     bar.close()
     net.eval()
 
@@ -449,9 +508,17 @@ def train_network(net: nn.Module, name: str, rd, classes: list[str], cfg: Config
 # ----------------------------------------------------------------------------- one baseline run
 
 
-def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out_dir: str | os.PathLike,
-                 split_csv: str | os.PathLike | None = None, weights: str | os.PathLike | None = None, *,
-                 resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_baseline(
+    name: str,
+    cfg: Config,
+    data_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    split_csv: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train and evaluate one baseline of Table 1 into the run folder `out_dir`; return its metrics.
 
     The data, split (80/15/5 or `split_csv`, so a baseline can share a unified run's test set) and five-crop
@@ -493,10 +560,21 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
         settings.update(input_size=cnn_input_size(name, cfg), crop=cfg.data.crop)
         if name == "resnet101" or wpath is None:
             settings["epochs"] = cnn_epochs(name, cfg)
-    write_json(run.path / "config.json", {"config": cfg.to_dict(), "baseline": name, "settings": settings,
-                                          "emotionlib": __version__})
-    write_json(run.path / "run.json", {"data_root": str(rd.index.root.resolve()), "classes": classes, "variant": name,
-                                       "profile": cfg.profile, "torch": torch.__version__, **provenance})
+    write_json(
+        run.path / "config.json",
+        {"config": cfg.to_dict(), "baseline": name, "settings": settings, "emotionlib": __version__},
+    )
+    write_json(
+        run.path / "run.json",
+        {
+            "data_root": str(rd.index.root.resolve()),
+            "classes": classes,
+            "variant": name,
+            "profile": cfg.profile,
+            "torch": torch.__version__,
+            **provenance,
+        },
+    )
 
     n = len(classes)
     if name == "handcrafted-svm":
@@ -509,15 +587,29 @@ def run_baseline(name: str, cfg: Config, data_dir: str | os.PathLike | None, out
         probs, ys, idx = _cnn_baseline(name, net, wpath is not None, rd, classes, cfg, run, device, progress)
     s = summarise_predictions(ys["test"], probs["test"], classes)
     metrics: dict[str, Any] = {
-        "variant": name, "baseline": True, "description": BASELINES[name], "profile": cfg.profile,
-        "seed": cfg.train.seed, "device": str(device), "classes": classes, "n_train": len(rd.train.samples),
-        "n_val": len(rd.val.samples), "n_test": len(rd.test.samples), "n_skipped": len(rd.index.skipped),
-        "test_accuracy": s["accuracy"], "per_class_tpr": s["per_class_tpr"], "mean_tpr": s["mean_tpr"],
+        "variant": name,
+        "baseline": True,
+        "description": BASELINES[name],
+        "profile": cfg.profile,
+        "seed": cfg.train.seed,
+        "device": str(device),
+        "classes": classes,
+        "n_train": len(rd.train.samples),
+        "n_val": len(rd.val.samples),
+        "n_test": len(rd.test.samples),
+        "n_skipped": len(rd.index.skipped),
+        "test_accuracy": s["accuracy"],
+        "per_class_tpr": s["per_class_tpr"],
+        "mean_tpr": s["mean_tpr"],
         "confusion": s["confusion"],
         "val_accuracy": accuracy(probs["val"], ys["val"]),
-        **provenance, "settings": settings,
-        "paper_table1": {"row": TABLE1_BASELINE_ROW[name], "fi_accuracy_percent": TABLE1[TABLE1_BASELINE_ROW[name]],
-                         "note": "the paper's number on FI, for reference; not measured by this run"},
+        **provenance,
+        "settings": settings,
+        "paper_table1": {
+            "row": TABLE1_BASELINE_ROW[name],
+            "fi_accuracy_percent": TABLE1[TABLE1_BASELINE_ROW[name]],
+            "note": "the paper's number on FI, for reference; not measured by this run",
+        },
     }
     write_predictions(run.path / "predictions.csv", rd.test, classes, probs["test"], ys["test"], idx)
     write_json(run.path / "metrics.json", metrics)
@@ -555,6 +647,20 @@ def _cnn_baseline(name, net, pretrained, rd, classes, cfg, run, device, progress
     return probs, ys, idx
 
 
-__all__ = ["BASELINES", "FEATURE_NAMES", "OneAgainstAll", "run_baseline", "handcrafted_features",
-           "handcrafted_feature_dict", "linear_svm", "linear_fc", "load_weights", "resolve_weights", "build_network",
-           "alexnet_fc7", "resnet_pool5", "five_crop_features", "cached_weights"]
+__all__ = [
+    "BASELINES",
+    "FEATURE_NAMES",
+    "OneAgainstAll",
+    "run_baseline",
+    "handcrafted_features",
+    "handcrafted_feature_dict",
+    "linear_svm",
+    "linear_fc",
+    "load_weights",
+    "resolve_weights",
+    "build_network",
+    "alexnet_fc7",
+    "resnet_pool5",
+    "five_crop_features",
+    "cached_weights",
+]

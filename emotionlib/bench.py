@@ -21,6 +21,7 @@ The machine these run on is shared: absolute times are this machine at this mome
 side, are the claims. CPU seconds (process time) are reported beside wall seconds where contention distorts wall
 time. Nothing here is a test: tests/test_bench.py only checks that --quick writes the files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,10 +76,15 @@ def machine_info() -> dict[str, Any]:
 
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
-            platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(),
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -134,16 +140,27 @@ def _ours(root: Path, n: int, resize: int, crop: int, cache: Path | None, memory
 
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files = sorted((p, c) for c in classes for p in (root / c).glob("*.jpg"))[:n]
-    return EmotionDataset([Sample(p, c) for p, c in files], {c: i for i, c in enumerate(classes)}, resize=resize,
-                          crop=crop, train=False, cache=memory, disk_cache=cache)
+    return EmotionDataset(
+        [Sample(p, c) for p, c in files],
+        {c: i for i, c in enumerate(classes)},
+        resize=resize,
+        crop=crop,
+        train=False,
+        cache=memory,
+        disk_cache=cache,
+    )
 
 
 def _torchvision(root: Path, n: int, resize: int, crop: int):
     """torchvision's: ImageFolder (PIL) + Resize + FiveCrop + ToTensor + Normalize, over the same images."""
     from torchvision import datasets, transforms
 
-    tv = datasets.ImageFolder(str(root), transform=transforms.Compose(
-        [transforms.Resize(resize), transforms.FiveCrop(crop), transforms.Lambda(_torchvision_five_crop)]))
+    tv = datasets.ImageFolder(
+        str(root),
+        transform=transforms.Compose(
+            [transforms.Resize(resize), transforms.FiveCrop(crop), transforms.Lambda(_torchvision_five_crop)]
+        ),
+    )
     tv.samples = tv.imgs = tv.samples[:n]
     tv.targets = [t for _, t in tv.samples]
     return tv
@@ -176,8 +193,11 @@ def _items(ds):
 def _memory_child(root: str, n: int, resize: int, crop: int, cache: str, kind: str) -> None:
     """In a fresh process (a used heap would hide growth): one pass over `n` items of one loader; prints the peak
     growth of resident memory after n/4 items and after all n, from the end of the first item on."""
-    ds = (_torchvision(Path(root), n, resize, crop) if kind == "torchvision" else
-          _ours(Path(root), n, resize, crop, Path(cache), memory=kind == "ours_memory_cache"))
+    ds = (
+        _torchvision(Path(root), n, resize, crop)
+        if kind == "torchvision"
+        else _ours(Path(root), n, resize, crop, Path(cache), memory=kind == "ours_memory_cache")
+    )
     ds[0]  # imports, first allocations
     base = peak = _rss()
     growth = {}
@@ -193,10 +213,25 @@ def _memory_child(root: str, n: int, resize: int, crop: int, cache: str, kind: s
 def _memory_growth(root: Path, n: int, resize: int, crop: int, cache: Path) -> dict[str, dict[str, float | None]]:
     """RSS growth of the three loaders, one child process each (run at once: this measures memory, not time)."""
     kinds = ("ours_disk_cache", "torchvision", "ours_memory_cache")
-    procs = {k: subprocess.Popen([sys.executable, "-c", "import sys; from emotionlib.bench import _memory_child; "
-                                  "_memory_child(sys.argv[1], *map(int, sys.argv[2:5]), *sys.argv[5:])", str(root),
-                                  str(n), str(resize), str(crop), str(cache), k], stdout=subprocess.PIPE, text=True)
-             for k in kinds}
+    procs = {
+        k: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from emotionlib.bench import _memory_child; "
+                "_memory_child(sys.argv[1], *map(int, sys.argv[2:5]), *sys.argv[5:])",
+                str(root),
+                str(n),
+                str(resize),
+                str(crop),
+                str(cache),
+                k,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in kinds
+    }
     out = {}
     for k, pr in procs.items():
         text, _ = pr.communicate()
@@ -219,28 +254,50 @@ def bench_input_pipeline(work: Path, quick: bool) -> dict[str, Any]:
     ours, tv = _ours(work / "jpegs", n, resize, crop, cache), _torchvision(work / "jpegs", n, resize, crop)
     assert [str(s.path) for s in ours.samples] == [p for p, _ in tv.samples]
     n_loader = n if quick else n // 4  # the DataLoader row on a quarter: its collation costs both sides alike
-    loaders = [torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n_loader)), batch_size=batch,
-                                           shuffle=False, num_workers=0) for ds in (ours, tv)]
+    loaders = [
+        torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, range(n_loader)), batch_size=batch, shuffle=False, num_workers=0
+        )
+        for ds in (ours, tv)
+    ]
     epochs = {}
     # item by item: decode, resize, five crops, normalise - the pipelines themselves; then the same through a
     # DataLoader, whose collation (one 67 MB batch at 375 px) both pay alike
-    for name, sources in (("first", [_items(ours), _items(tv)]), ("later", [_items(ours), _items(tv)]),
-                          ("later, DataLoader", loaders)):
+    for name, sources in (
+        ("first", [_items(ours), _items(tv)]),
+        ("later", [_items(ours), _items(tv)]),
+        ("later, DataLoader", loaders),
+    ):
         wall, cpu, first = _lockstep(sources)
         k = n_loader if "DataLoader" in name else n
-        epochs[name] = {"ours_images_per_s": round(k / wall[0], 2), "torchvision_images_per_s": round(k / wall[1], 2),
-                        "speedup": _ratio(wall[1], wall[0]), "cpu_speedup": _ratio(cpu[1], cpu[0])}
+        epochs[name] = {
+            "ours_images_per_s": round(k / wall[0], 2),
+            "torchvision_images_per_s": round(k / wall[1], 2),
+            "speedup": _ratio(wall[1], wall[0]),
+            "cpu_speedup": _ratio(cpu[1], cpu[0]),
+        }
         if name == "first":
             same = bool(torch.equal(first[0], first[1]))
     cached_bytes = sum(f.stat().st_size for f in cache.rglob("*.npy"))
     # memory: after a quarter of the images and after all of them, for the disk cache, torchvision, the memory cache
     sizes = (n // 4, n)
     memory = _memory_growth(work / "jpegs", n, resize, crop, cache)
-    return {"images": n, "image_size": list(PHOTO_SIZE), "resize": resize, "crop": crop, "batch_size": batch,
-            "num_workers": 0, "mean_jpeg_kb": round(sum(p.stat().st_size for p in paths) / n / 1e3, 1),
-            "same_tensors_as_torchvision": same, "epochs": epochs, "loader_images": n_loader,
-            "disk_cache_mb": round(cached_bytes / 2**20, 1), "rss_growth_mb": memory, "memory_sizes": list(sizes),
-            "alternative": "torchvision ImageFolder + Resize + FiveCrop + ToTensor + Normalize (PIL)"}
+    return {
+        "images": n,
+        "image_size": list(PHOTO_SIZE),
+        "resize": resize,
+        "crop": crop,
+        "batch_size": batch,
+        "num_workers": 0,
+        "mean_jpeg_kb": round(sum(p.stat().st_size for p in paths) / n / 1e3, 1),
+        "same_tensors_as_torchvision": same,
+        "epochs": epochs,
+        "loader_images": n_loader,
+        "disk_cache_mb": round(cached_bytes / 2**20, 1),
+        "rss_growth_mb": memory,
+        "memory_sizes": list(sizes),
+        "alternative": "torchvision ImageFolder + Resize + FiveCrop + ToTensor + Normalize (PIL)",
+    }
 
 
 # ----------------------------------------------------------------------------- 2. ablation sweep
@@ -300,8 +357,9 @@ def bench_ablation(work: Path, quick: bool) -> dict[str, Any]:
 
     def end_to_end(v: str) -> None:
         vcfg = replace(cfg, model=replace(cfg.model, variant=v))
-        e2e[v] = timed(f"e2e:{v}", lambda: fit(vcfg, data, root / "e2e" / v, split_csv=base / "split.csv",
-                                                progress=False))
+        e2e[v] = timed(
+            f"e2e:{v}", lambda: fit(vcfg, data, root / "e2e" / v, split_csv=base / "split.csv", progress=False)
+        )
 
     # interleaved (base CNN, one end-to-end run, the sweep, the other end-to-end runs), so that a change in the
     # machine's load falls on both sides
@@ -318,26 +376,47 @@ def bench_ablation(work: Path, quick: bool) -> dict[str, Any]:
     from .model import parse_variant
 
     shared = load_checkpoint(base / "checkpoints" / "stage-main.pt")["model"]
-    same_cnn = all(torch.equal(t, load_checkpoint(root / "e2e" / v / "checkpoints" / "stage-main.pt")["model"][k])
-                   for v in variants if parse_variant(v)[1] == 5
-                   for k, t in shared.items() if not k.startswith("head."))
+    same_cnn = all(
+        torch.equal(t, load_checkpoint(root / "e2e" / v / "checkpoints" / "stage-main.pt")["model"][k])
+        for v in variants
+        if parse_variant(v)[1] == 5
+        for k, t in shared.items()
+        if not k.startswith("head.")
+    )
     rows = []
     for v in variants:
         r = df[df["variant"] == v].iloc[0]
-        rows.append({"variant": v, "cached_test_acc": round(float(r["this_run_test_acc"]) / 100, 4),
-                     "end_to_end_test_acc": round(float(e2e[v]["test_accuracy"]), 4),
-                     "end_to_end_s": round(clock[f"e2e:{v}"][0], 2), "head_s": round(float(r["seconds"]), 2)})
+        rows.append(
+            {
+                "variant": v,
+                "cached_test_acc": round(float(r["this_run_test_acc"]) / 100, 4),
+                "end_to_end_test_acc": round(float(e2e[v]["test_accuracy"]), 4),
+                "end_to_end_s": round(clock[f"e2e:{v}"][0], 2),
+                "head_s": round(float(r["seconds"]), 2),
+            }
+        )
     profile_ = _sweep_profile(root, variants, clock, rows, cfg)
-    return {"profile": profile, "reduced": f"{per_class * 8} synthetic images of {size} px, the {profile} "
-            f"profile's epochs", "variants": list(variants), "n_test": int(e2e[variants[0]]["n_test"]),
-            "cached_wall_s": round(cached[0], 2), "end_to_end_wall_s": round(full[0], 2),
-            "cached_cpu_s": round(cached[1], 2), "end_to_end_cpu_s": round(full[1], 2),
-            "base_cnn_wall_s": round(clock["base_cnn"][0], 2), "sweep_wall_s": round(clock["sweep"][0], 2),
-            "base_cnn_cpu_s": round(clock["base_cnn"][1], 2), "sweep_cpu_s": round(clock["sweep"][1], 2),
-            "speedup": _ratio(full[0], cached[0]), "cpu_speedup": _ratio(full[1], cached[1]),
-            "end_to_end_cnns_identical_to_shared": bool(same_cnn), "per_variant": rows, "profile_s": profile_,
-            "note": "the cached path freezes the CNN (heads on cached features); the paper, and the end-to-end "
-                    "runs, fine-tune it in the fusion stage"}
+    return {
+        "profile": profile,
+        "reduced": f"{per_class * 8} synthetic images of {size} px, the {profile} profile's epochs",
+        "variants": list(variants),
+        "n_test": int(e2e[variants[0]]["n_test"]),
+        "cached_wall_s": round(cached[0], 2),
+        "end_to_end_wall_s": round(full[0], 2),
+        "cached_cpu_s": round(cached[1], 2),
+        "end_to_end_cpu_s": round(full[1], 2),
+        "base_cnn_wall_s": round(clock["base_cnn"][0], 2),
+        "sweep_wall_s": round(clock["sweep"][0], 2),
+        "base_cnn_cpu_s": round(clock["base_cnn"][1], 2),
+        "sweep_cpu_s": round(clock["sweep"][1], 2),
+        "speedup": _ratio(full[0], cached[0]),
+        "cpu_speedup": _ratio(full[1], cached[1]),
+        "end_to_end_cnns_identical_to_shared": bool(same_cnn),
+        "per_variant": rows,
+        "profile_s": profile_,
+        "note": "the cached path freezes the CNN (heads on cached features); the paper, and the end-to-end "
+        "runs, fine-tune it in the fusion stage",
+    }
 
 
 def _sweep_profile(root: Path, variants, clock, rows, cfg) -> dict[str, Any]:
@@ -359,19 +438,33 @@ def _sweep_profile(root: Path, variants, clock, rows, cfg) -> dict[str, Any]:
     k_cnn, k_fusion = 20 / max(cfg.train.stage_epochs, 1), 20 / max(cfg.train.fusion_epochs, 1)
     e2e_paper = e2e_cnn * k_cnn + e2e_fusion * k_fusion + (e2e_total - e2e_cnn - e2e_fusion)
     cached_paper = base_cnn * k_cnn + heads * k_fusion + (cached_total - base_cnn - heads)
-    return {"shared_cnn_epochs": round(base_cnn, 2), "feature_extraction": round(features, 2), "heads": round(heads, 2),
-            "cached_other": round(cached_total - base_cnn - features - heads, 2),
-            "end_to_end_cnn_epochs": round(e2e_cnn, 2), "end_to_end_fusion_epochs": round(e2e_fusion, 2),
-            "end_to_end_other": round(e2e_total - e2e_cnn - e2e_fusion, 2),
-            "projected_speedup_at_paper_epochs": _ratio(e2e_paper, cached_paper)}
+    return {
+        "shared_cnn_epochs": round(base_cnn, 2),
+        "feature_extraction": round(features, 2),
+        "heads": round(heads, 2),
+        "cached_other": round(cached_total - base_cnn - features - heads, 2),
+        "end_to_end_cnn_epochs": round(e2e_cnn, 2),
+        "end_to_end_fusion_epochs": round(e2e_fusion, 2),
+        "end_to_end_other": round(e2e_total - e2e_cnn - e2e_fusion, 2),
+        "projected_speedup_at_paper_epochs": _ratio(e2e_paper, cached_paper),
+    }
 
 
 # ----------------------------------------------------------------------------- 3. training throughput
 
 #: dense bf16 tensor-core peaks (no sparsity) by device name, for the fraction of the chip's datasheet figure
 #: (the SXM parts; the PCIe H100 is slower)
-BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0,
-                    "A10": 125.0, "RTX 4090": 165.2, "V100": 125.0}
+BF16_PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "L4": 121.0,
+    "A10": 125.0,
+    "RTX 4090": 165.2,
+    "V100": 125.0,
+}
 
 
 def peak_bf16_tflops(name: str) -> float | None:
@@ -444,11 +537,19 @@ def bench_gpu(quick: bool = False, batch: int | None = None) -> dict[str, Any]:
             model(x)
 
     infer_ips = rate(infer, batch)
-    out = {"device": name, "crop": crop, "batch_size": batch, "dtype": "bf16 autocast", "rounds": rounds,
-           "gflop_per_image_forward": round(fwd / 1e9, 2), "peak_bf16_tflops": peak,
-           "train_images_per_s": round(train_ips, 1), "infer_images_per_s": round(infer_ips, 1),
-           "train_fraction_of_peak": fraction_of_peak(3 * fwd, train_ips, peak),
-           "infer_fraction_of_peak": fraction_of_peak(fwd, infer_ips, peak)}
+    out = {
+        "device": name,
+        "crop": crop,
+        "batch_size": batch,
+        "dtype": "bf16 autocast",
+        "rounds": rounds,
+        "gflop_per_image_forward": round(fwd / 1e9, 2),
+        "peak_bf16_tflops": peak,
+        "train_images_per_s": round(train_ips, 1),
+        "infer_images_per_s": round(infer_ips, 1),
+        "train_fraction_of_peak": fraction_of_peak(3 * fwd, train_ips, peak),
+        "infer_fraction_of_peak": fraction_of_peak(fwd, infer_ips, peak),
+    }
     for k in ("train_fraction_of_peak", "infer_fraction_of_peak"):
         out[k] = None if out[k] is None else round(out[k], 3)
     return out
@@ -456,13 +557,22 @@ def bench_gpu(quick: bool = False, batch: int | None = None) -> dict[str, Any]:
 
 def gpu_markdown(r: dict[str, Any]) -> str:
     peak = f"{r['peak_bf16_tflops']} TFLOP/s" if r["peak_bf16_tflops"] else "unknown (add it to BF16_PEAK_TFLOPS)"
-    return "\n".join([
-        f"# emotionlib bench --device cuda: {r['device']}", "",
-        f"Paper profile, {r['crop']}-px crops, {r['dtype']}, batch {r['batch_size']}, channels-last; "
-        f"{r['gflop_per_image_forward']} GFLOP per image forward (training counted as 3x); bf16 peak {peak}.", "",
-        "| | images/s | fraction of bf16 peak |", "|---|---|---|",
-        f"| training (fusion stage, all parameters) | {r['train_images_per_s']} | {r['train_fraction_of_peak']} |",
-        f"| inference (one crop per image) | {r['infer_images_per_s']} | {r['infer_fraction_of_peak']} |"]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"# emotionlib bench --device cuda: {r['device']}",
+                "",
+                f"Paper profile, {r['crop']}-px crops, {r['dtype']}, batch {r['batch_size']}, channels-last; "
+                f"{r['gflop_per_image_forward']} GFLOP per image forward (training counted as 3x); bf16 peak {peak}.",
+                "",
+                "| | images/s | fraction of bf16 peak |",
+                "|---|---|---|",
+                f"| training (fusion stage, all parameters) | {r['train_images_per_s']} | {r['train_fraction_of_peak']} |",
+                f"| inference (one crop per image) | {r['infer_images_per_s']} | {r['infer_fraction_of_peak']} |",
+            ]
+        )
+        + "\n"
+    )
 
 
 def _mm_flops_per_s(n: int, dtype, device, reps: int = 3) -> float:
@@ -476,7 +586,7 @@ def _mm_flops_per_s(n: int, dtype, device, reps: int = 3) -> float:
     for _ in range(reps):
         torch.mm(a, b)
     _sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def _sync(device) -> None:
@@ -536,8 +646,10 @@ def bench_training(quick: bool, compile_: bool = False) -> dict[str, Any]:
     from .config import get_config
 
     cases = [("tiny", 8, 4, 1024)] if quick else [("smoke", 32, 5, 2048), ("paper", 8, 3, 2048)]
-    out: dict[str, Any] = {"cpu": {}, "step": "fusion stage, every parameter trained: forward, Eq. 11, backward, "
-                                              "optimiser step (fp32 on the CPU)"}
+    out: dict[str, Any] = {
+        "cpu": {},
+        "step": "fusion stage, every parameter trained: forward, Eq. 11, backward, optimiser step (fp32 on the CPU)",
+    }
     for profile, batch, rounds, mm_n in cases:
         cfg = get_config(profile, **{"train.batch_size": batch, "train.device": "cpu"})
         crop = cfg.data.crop
@@ -570,15 +682,27 @@ def bench_training(quick: bool, compile_: bool = False) -> dict[str, Any]:
         peak = _median(mm)
         for k, ts in times.items():
             s = _median(ts)
-            res[k] = {"images_per_s": round(batch / s, 2), "step_s": round(s, 3),
-                      "gflop_per_s": round(flops / s / 1e9, 2), "fraction_of_matmul": round(flops / s / peak, 3)}
+            res[k] = {
+                "images_per_s": round(batch / s, 2),
+                "step_s": round(s, 3),
+                "gflop_per_s": round(flops / s / 1e9, 2),
+                "fraction_of_matmul": round(flops / s / peak, 3),
+            }
         if "compile" in res and "error" not in res["compile"]:
             res["compile"]["compile_s"] = round(warm["compile"], 1)
         best = max((k for k in res if "error" not in res[k]), key=lambda k: res[k]["images_per_s"])
-        out["cpu"][profile] = {"crop": crop, "batch_size": batch, "width": cfg.model.width,
-                               "gflop_per_image_forward": round(flops / 3 / batch / 1e9, 3),
-                               "gflop_per_step": round(flops / 1e9, 2), "matmul_gflop_per_s": round(peak / 1e9, 2),
-                               "matmul_n": mm_n, "kinds": res, "fastest": best, "rounds": rounds}
+        out["cpu"][profile] = {
+            "crop": crop,
+            "batch_size": batch,
+            "width": cfg.model.width,
+            "gflop_per_image_forward": round(flops / 3 / batch / 1e9, 3),
+            "gflop_per_step": round(flops / 1e9, 2),
+            "matmul_gflop_per_s": round(peak / 1e9, 2),
+            "matmul_n": mm_n,
+            "kinds": res,
+            "fastest": best,
+            "rounds": rounds,
+        }
     if torch.cuda.is_available():
         out["cuda"] = bench_training_cuda(quick)
     else:
@@ -613,10 +737,16 @@ def bench_training_cuda(quick: bool) -> dict[str, Any]:
         mm.append(_mm_flops_per_s(8192, torch.bfloat16, dev, reps=10))
     s, name = _median(times), torch.cuda.get_device_name(0)
     spec = peak_bf16_tflops(name)
-    return {"device": name, "batch_size": batch, "images_per_s": round(batch / s, 1), "step_s": round(s, 4),
-            "tflop_per_s": round(flops / s / 1e12, 1), "matmul_bf16_tflop_per_s": round(_median(mm) / 1e12, 1),
-            "fraction_of_matmul": round(flops / s / _median(mm), 3),
-            "fraction_of_datasheet_peak": round(flops / s / (spec * 1e12), 3) if spec else None}
+    return {
+        "device": name,
+        "batch_size": batch,
+        "images_per_s": round(batch / s, 1),
+        "step_s": round(s, 4),
+        "tflop_per_s": round(flops / s / 1e12, 1),
+        "matmul_bf16_tflop_per_s": round(_median(mm) / 1e12, 1),
+        "fraction_of_matmul": round(flops / s / _median(mm), 3),
+        "fraction_of_datasheet_peak": round(flops / s / (spec * 1e12), 3) if spec else None,
+    }
 
 
 # ----------------------------------------------------------------------------- 4. inference
@@ -633,8 +763,10 @@ def _fake_run(folder: Path, cfg, classes: list[str]) -> Path:
 
     torch.manual_seed(0)
     model = UnifiedCNNRNN(cfg.model)
-    save_checkpoint(folder / "checkpoints" / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
-                                                          "classes": classes, "emotionlib": __version__})
+    save_checkpoint(
+        folder / "checkpoints" / "model.pt",
+        {"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes, "emotionlib": __version__},
+    )
     return folder
 
 
@@ -665,8 +797,14 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
         with torch.inference_mode():
             for p in images[:n_lat]:  # as predict_images does: decode, resize, five crops, forward, average
                 t = time.perf_counter()
-                ds = EmotionDataset([Sample(p, classes[0])], {c: i for i, c in enumerate(classes)},
-                                    resize=cfg.data.resize, crop=cfg.data.crop, train=False, cache=False)
+                ds = EmotionDataset(
+                    [Sample(p, classes[0])],
+                    {c: i for i, c in enumerate(classes)},
+                    resize=cfg.data.resize,
+                    crop=cfg.data.crop,
+                    train=False,
+                    cache=False,
+                )
                 torch.softmax(model(ds[0][0]), dim=1).mean(0)
                 lat.append(time.perf_counter() - t)
             x = torch.randn(batch * 5, 3, cfg.data.crop, cfg.data.crop)
@@ -676,17 +814,39 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
                 t = time.perf_counter()
                 model(x)
                 thr.append(batch / (time.perf_counter() - t))
-        out[profile] = {"crop": cfg.data.crop, "latency_ms_median": round(1e3 * _median(lat), 1),
-                        "latency_ms_p95": round(1e3 * _p95(lat), 1), "latency_images": len(lat),
-                        "batch_images_per_s": round(_median(thr), 2), "batch_size": batch}
+        out[profile] = {
+            "crop": cfg.data.crop,
+            "latency_ms_median": round(1e3 * _median(lat), 1),
+            "latency_ms_p95": round(1e3 * _p95(lat), 1),
+            "latency_images": len(lat),
+            "batch_images_per_s": round(_median(thr), 2),
+            "batch_size": batch,
+        }
     # cold start: whole processes, interleaved; the library call shows what the command line adds on top
     profile = cases[0][0]
     run, img = work / f"predict-run-{profile}", str(images[0])
-    kinds = {"import_torch": [sys.executable, "-c", "import torch"],
-             "emotionlib_predict": [sys.executable, "-m", "emotionlib", "predict", "--run", str(run), "--device",
-                                    "cpu", img],
-             "library_predict": [sys.executable, "-c", "import sys; from emotionlib.evaluate import predict_images; "
-                                 "list(predict_images(sys.argv[1], sys.argv[2:], 'cpu'))", str(run), img]}
+    kinds = {
+        "import_torch": [sys.executable, "-c", "import torch"],
+        "emotionlib_predict": [
+            sys.executable,
+            "-m",
+            "emotionlib",
+            "predict",
+            "--run",
+            str(run),
+            "--device",
+            "cpu",
+            img,
+        ],
+        "library_predict": [
+            sys.executable,
+            "-c",
+            "import sys; from emotionlib.evaluate import predict_images; "
+            "list(predict_images(sys.argv[1], sys.argv[2:], 'cpu'))",
+            str(run),
+            img,
+        ],
+    }
     if quick:  # the two that make the ratio
         kinds.pop("library_predict")
     secs: dict[str, list[float]] = {k: [] for k in kinds}
@@ -697,9 +857,11 @@ def bench_inference(work: Path, quick: bool, images: list[Path]) -> dict[str, An
             secs[k].append(s)
             if err:
                 errors[k] = err
-    probe = ("import sys, emotionlib.cli as c; list(c._extensions()); "
-             "print(','.join(m for m in ('torchvision', 'torch._dynamo', 'sklearn', 'pandas', 'matplotlib') "
-             "if m in sys.modules))")
+    probe = (
+        "import sys, emotionlib.cli as c; list(c._extensions()); "
+        "print(','.join(m for m in ('torchvision', 'torch._dynamo', 'sklearn', 'pandas', 'matplotlib') "
+        "if m in sys.modules))"
+    )
     cold = {k: round(_median(v), 2) for k, v in secs.items()}
     out["cold_start_s"] = cold
     out["cold_start_ratio_to_import_torch"] = _ratio(cold["emotionlib_predict"], cold["import_torch"])
@@ -797,8 +959,13 @@ def bench_threads(work: Path, quick: bool, policies: tuple[str, ...] = THREAD_PO
     root = work / "threads"
     shutil.rmtree(root, ignore_errors=True)
     generate(root / "data", per_class=4 if quick else 24, size=80, seed=0, progress=False)
-    overrides = {"train.device": "cpu", "train.stage_epochs": 1, "train.fusion_epochs": 1,
-                 "train.deterministic": True, **({"train.batch_size": 8} if quick else {})}
+    overrides = {
+        "train.device": "cpu",
+        "train.stage_epochs": 1,
+        "train.fusion_epochs": 1,
+        "train.deterministic": True,
+        **({"train.batch_size": 8} if quick else {}),
+    }
     (root / "overrides.json").write_text(json.dumps(overrides))
     fit(get_config("smoke", **overrides), root / "data", root / "base", until="main", progress=False)
     cores = usable_cores()
@@ -814,10 +981,20 @@ def bench_threads(work: Path, quick: bool, policies: tuple[str, ...] = THREAD_PO
         try:
             for task in tasks:
                 for policy in policies:  # interleaved: the policies of one row share the same moment
-                    r = subprocess.run([sys.executable, "-c", "import sys; from emotionlib.bench import "
-                                        "_threads_child; _threads_child(*sys.argv[1:])", str(root), task, policy,
-                                        "1" if quick else "3"],
-                                       capture_output=True, text=True, env=_policy_env(policy))
+                    r = subprocess.run(
+                        [
+                            sys.executable,
+                            "-c",
+                            "import sys; from emotionlib.bench import _threads_child; _threads_child(*sys.argv[1:])",
+                            str(root),
+                            task,
+                            policy,
+                            "1" if quick else "3",
+                        ],
+                        capture_output=True,
+                        text=True,
+                        env=_policy_env(policy),
+                    )
                     try:
                         m = json.loads(r.stdout.strip().splitlines()[-1])
                     except (IndexError, ValueError):
@@ -840,11 +1017,15 @@ def bench_threads(work: Path, quick: bool, policies: tuple[str, ...] = THREAD_PO
         r["idle_vs_today"] = _ratio(base["wall_s"], today["wall_s"]) if today else float("nan")
         for key in ("wall_s", "cpu_s"):
             r[key] = round(r[key], 2)
-    return {"cores": cores, "rows": rows, "goal": 1.25,
-            "workload": f"smoke profile, 1 epoch per stage, {8 * (4 if quick else 24)} synthetic images of 80 px, median of {1 if quick else 3} runs; features: five crops + mirrors "
-                        "of the test split",
-            "fair_share": "max(1, u (k + 1) / c): k background processes on c cores, u = CPU / wall seconds of the "
-                          "same policy's idle run"}
+    return {
+        "cores": cores,
+        "rows": rows,
+        "goal": 1.25,
+        "workload": f"smoke profile, 1 epoch per stage, {8 * (4 if quick else 24)} synthetic images of 80 px, median of {1 if quick else 3} runs; features: five crops + mirrors "
+        "of the test split",
+        "fair_share": "max(1, u (k + 1) / c): k background processes on c cores, u = CPU / wall seconds of the "
+        "same policy's idle run",
+    }
 
 
 # ----------------------------------------------------------------------------- goals and the report
@@ -861,143 +1042,237 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     if ip:
         later, first = ip["epochs"]["later"], ip["epochs"]["first"]
         add("input pipeline, later epoch: ours / torchvision", later["speedup"], ">= 3x", later["speedup"] >= 3)
-        add("input pipeline, first epoch: ours / torchvision", first["speedup"], ">= 1x", first["speedup"] >= 1,
-            "includes writing the disk cache")
+        add(
+            "input pipeline, first epoch: ours / torchvision",
+            first["speedup"],
+            ">= 1x",
+            first["speedup"] >= 1,
+            "includes writing the disk cache",
+        )
         m = ip["rss_growth_mb"]["ours_disk_cache"]
         small, big = ip["memory_sizes"]
         g_small, g_big = m[str(small)], m[str(big)]
         per_image_mb = ip["disk_cache_mb"] / ip["images"]
         if g_small is not None and g_big is not None:
             # flat: the extra images add less than a tenth of what holding them in memory would
-            add(f"input pipeline, RSS growth {small} -> {big} images (disk cache)", f"{g_small} -> {g_big} MB",
-                "flat", g_big - g_small < 0.1 * per_image_mb * (big - small),
-                f"an in-memory cache of the extra images would hold {per_image_mb * (big - small):.0f} MB")
+            add(
+                f"input pipeline, RSS growth {small} -> {big} images (disk cache)",
+                f"{g_small} -> {g_big} MB",
+                "flat",
+                g_big - g_small < 0.1 * per_image_mb * (big - small),
+                f"an in-memory cache of the extra images would hold {per_image_mb * (big - small):.0f} MB",
+            )
     ab = res.get("ablation")
     if ab:
-        add("ablation sweep: end-to-end / cached wall time", ab["speedup"], ">= 5x", ab["speedup"] >= 5,
-            f"CPU time ratio {ab['cpu_speedup']}x; {len(ab['variants'])} variants")
+        add(
+            "ablation sweep: end-to-end / cached wall time",
+            ab["speedup"],
+            ">= 5x",
+            ab["speedup"] >= 5,
+            f"CPU time ratio {ab['cpu_speedup']}x; {len(ab['variants'])} variants",
+        )
     tr = res.get("training", {}).get("cpu", {})
     for profile, r in tr.items():
         k = r["fastest"]
         frac = r["kinds"][k]["fraction_of_matmul"]
-        add(f"training step at {r['crop']} px ({profile}): FLOP/s / matmul FLOP/s", frac, ">= 0.4", frac >= 0.4,
-            f"fastest: {k}")
+        add(
+            f"training step at {r['crop']} px ({profile}): FLOP/s / matmul FLOP/s",
+            frac,
+            ">= 0.4",
+            frac >= 0.4,
+            f"fastest: {k}",
+        )
     th = res.get("threads")
     if th:
         for r in th["rows"]:
             if r["background"] and "of_fair_share" in r:
-                add(f"{r['task']} beside {r['background']} busy process(es), {r['policy']}: slowdown / fair share",
-                    r["of_fair_share"], "<= 1.25", r["of_fair_share"] <= 1.25,
-                    f"{r['slowdown']}x vs fair {r['fair_share']}x")
+                add(
+                    f"{r['task']} beside {r['background']} busy process(es), {r['policy']}: slowdown / fair share",
+                    r["of_fair_share"],
+                    "<= 1.25",
+                    r["of_fair_share"] <= 1.25,
+                    f"{r['slowdown']}x vs fair {r['fair_share']}x",
+                )
             elif not r["background"] and r["policy"] != "today" and "idle_vs_today" in r:
-                add(f"{r['task']} on idle cores, {r['policy']} / today", r["idle_vs_today"], "<= 1.1 (noise)",
-                    r["idle_vs_today"] <= 1.1)
+                add(
+                    f"{r['task']} on idle cores, {r['policy']} / today",
+                    r["idle_vs_today"],
+                    "<= 1.1 (noise)",
+                    r["idle_vs_today"] <= 1.1,
+                )
     inf = res.get("inference")
     if inf:
-        add("cold start: emotionlib predict / import torch", inf["cold_start_ratio_to_import_torch"], "(reported)",
-            True, f"{inf['cold_start_s']['emotionlib_predict']} s vs {inf['cold_start_s']['import_torch']} s")
+        add(
+            "cold start: emotionlib predict / import torch",
+            inf["cold_start_ratio_to_import_torch"],
+            "(reported)",
+            True,
+            f"{inf['cold_start_s']['emotionlib_predict']} s vs {inf['cold_start_s']['import_torch']} s",
+        )
     return out
 
 
 def to_markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
-    lines = [f"# emotionlib bench{' (--quick)' if res['quick'] else ''}", "",
-             f"CPU only: {m['cpu_count']} cores, {m['torch_threads']} torch thread(s), load average "
-             f"{m['load_average']} at the start, {m.get('load_average_at_end')} at the end; torch {m['torch']}. A shared machine: the ratios, measured side by side in this "
-             "run, are the result; absolute numbers are this machine at this moment."
-             + ("" if m["cuda"] else " No GPU here: the bf16/NCCL paths are written but were not measured."), "",
-             "| goal | measured | target | met |", "|---|---|---|---|"]
+    lines = [
+        f"# emotionlib bench{' (--quick)' if res['quick'] else ''}",
+        "",
+        f"CPU only: {m['cpu_count']} cores, {m['torch_threads']} torch thread(s), load average "
+        f"{m['load_average']} at the start, {m.get('load_average_at_end')} at the end; torch {m['torch']}. A shared machine: the ratios, measured side by side in this "
+        "run, are the result; absolute numbers are this machine at this moment."
+        + ("" if m["cuda"] else " No GPU here: the bf16/NCCL paths are written but were not measured."),
+        "",
+        "| goal | measured | target | met |",
+        "|---|---|---|---|",
+    ]
     for g in res["goals"]:
-        lines.append(f"| {g['goal']}{' (' + g['note'] + ')' if g['note'] else ''} | {g['value']} | {g['target']} | "
-                     f"{'yes' if g['met'] else 'NO'} |")
+        lines.append(
+            f"| {g['goal']}{' (' + g['note'] + ')' if g['note'] else ''} | {g['value']} | {g['target']} | "
+            f"{'yes' if g['met'] else 'NO'} |"
+        )
     ip = res.get("input_pipeline")
     if ip:
-        lines += ["", f"## Input pipeline ({ip['images']} JPEGs of about {ip['image_size'][0]}x{ip['image_size'][1]}, "
-                  f"{ip['mean_jpeg_kb']} KB; resize {ip['resize']}, five {ip['crop']}-px crops; batch "
-                  f"{ip['batch_size']}, {ip['num_workers']} workers)", "",
-                  "| epoch | ours (img/s) | torchvision (img/s) | speedup | CPU-time speedup |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Input pipeline ({ip['images']} JPEGs of about {ip['image_size'][0]}x{ip['image_size'][1]}, "
+            f"{ip['mean_jpeg_kb']} KB; resize {ip['resize']}, five {ip['crop']}-px crops; batch "
+            f"{ip['batch_size']}, {ip['num_workers']} workers)",
+            "",
+            "| epoch | ours (img/s) | torchvision (img/s) | speedup | CPU-time speedup |",
+            "|---|---|---|---|---|",
+        ]
         for name, e in ip["epochs"].items():
             name = f"{name} ({ip['loader_images']} images)" if "DataLoader" in name else name
-            lines.append(f"| {name} | {e['ours_images_per_s']} | {e['torchvision_images_per_s']} | {e['speedup']}x | "
-                         f"{e['cpu_speedup']}x |")
+            lines.append(
+                f"| {name} | {e['ours_images_per_s']} | {e['torchvision_images_per_s']} | {e['speedup']}x | "
+                f"{e['cpu_speedup']}x |"
+            )
         a, b = ip["memory_sizes"]
-        lines += ["", f"Same tensors as torchvision's: {ip['same_tensors_as_torchvision']}. Disk cache: "
-                  f"{ip['disk_cache_mb']} MB. Peak RSS growth over one pass, item by item (MB):", "",
-                  f"| loader | {a} images | {b} images |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Same tensors as torchvision's: {ip['same_tensors_as_torchvision']}. Disk cache: "
+            f"{ip['disk_cache_mb']} MB. Peak RSS growth over one pass, item by item (MB):",
+            "",
+            f"| loader | {a} images | {b} images |",
+            "|---|---|---|",
+        ]
         for k, v in ip["rss_growth_mb"].items():
             lines.append(f"| {k} | {v[str(a)]} | {v[str(b)]} |")
     ab = res.get("ablation")
     if ab:
-        lines += ["", f"## Ablation sweep ({ab['profile']} profile, reduced: {ab['reduced']}; {ab['n_test']} test "
-                  "images)", "",
-                  f"Cached features: {ab['cached_wall_s']} s wall, {ab['cached_cpu_s']} s CPU (shared CNN "
-                  f"{ab['base_cnn_wall_s']} s / {ab['base_cnn_cpu_s']} s, features and heads {ab['sweep_wall_s']} s / "
-                  f"{ab['sweep_cpu_s']} s). End to end: {ab['end_to_end_wall_s']} s wall, {ab['end_to_end_cpu_s']} s "
-                  f"CPU: {ab['speedup']}x in wall time, {ab['cpu_speedup']}x in CPU time. The five-branch end-to-end "
-                  f"runs trained CNNs bit-identical to the shared one: {ab['end_to_end_cnns_identical_to_shared']}. "
-                  f"{ab['note'][0].upper() + ab['note'][1:]}.", "",
-                  "Where the seconds go (wall): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
-                                                              ab["profile_s"].items()) + ".", "",
-                  "| variant | cached: test acc | end to end: test acc | end to end (s) |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Ablation sweep ({ab['profile']} profile, reduced: {ab['reduced']}; {ab['n_test']} test images)",
+            "",
+            f"Cached features: {ab['cached_wall_s']} s wall, {ab['cached_cpu_s']} s CPU (shared CNN "
+            f"{ab['base_cnn_wall_s']} s / {ab['base_cnn_cpu_s']} s, features and heads {ab['sweep_wall_s']} s / "
+            f"{ab['sweep_cpu_s']} s). End to end: {ab['end_to_end_wall_s']} s wall, {ab['end_to_end_cpu_s']} s "
+            f"CPU: {ab['speedup']}x in wall time, {ab['cpu_speedup']}x in CPU time. The five-branch end-to-end "
+            f"runs trained CNNs bit-identical to the shared one: {ab['end_to_end_cnns_identical_to_shared']}. "
+            f"{ab['note'][0].upper() + ab['note'][1:]}.",
+            "",
+            "Where the seconds go (wall): "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ab["profile_s"].items())
+            + ".",
+            "",
+            "| variant | cached: test acc | end to end: test acc | end to end (s) |",
+            "|---|---|---|---|",
+        ]
         for r in ab["per_variant"]:
-            lines.append(f"| {r['variant']} | {r['cached_test_acc']} | {r['end_to_end_test_acc']} | "
-                         f"{r['end_to_end_s']} |")
+            lines.append(
+                f"| {r['variant']} | {r['cached_test_acc']} | {r['end_to_end_test_acc']} | {r['end_to_end_s']} |"
+            )
     tr = res.get("training")
     if tr:
-        lines += ["", f"## Training throughput ({tr['step']})", "",
-                  "| profile | crop | batch | GFLOP/step | matmul GFLOP/s | kind | img/s | GFLOP/s | of matmul |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Training throughput ({tr['step']})",
+            "",
+            "| profile | crop | batch | GFLOP/step | matmul GFLOP/s | kind | img/s | GFLOP/s | of matmul |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for profile, r in tr["cpu"].items():
             for k, v in r["kinds"].items():
                 if "error" in v:
                     lines.append(f"| {profile} | {r['crop']} | {r['batch_size']} | | | {k} | {v['error']} | | |")
                     continue
                 extra = f" (compile {v['compile_s']} s)" if "compile_s" in v else ""
-                lines.append(f"| {profile} | {r['crop']} | {r['batch_size']} | {r['gflop_per_step']} | "
-                             f"{r['matmul_gflop_per_s']} | {k}{extra} | {v['images_per_s']} | {v['gflop_per_s']} | "
-                             f"{v['fraction_of_matmul']} |")
+                lines.append(
+                    f"| {profile} | {r['crop']} | {r['batch_size']} | {r['gflop_per_step']} | "
+                    f"{r['matmul_gflop_per_s']} | {k}{extra} | {v['images_per_s']} | {v['gflop_per_s']} | "
+                    f"{v['fraction_of_matmul']} |"
+                )
         cu = tr.get("cuda", {})
-        lines += ["", "CUDA: " + (cu["skipped"] if "skipped" in cu else
-                                  f"{cu['device']}, bf16, batch {cu['batch_size']}: {cu['images_per_s']} img/s, "
-                                  f"{cu['tflop_per_s']} TFLOP/s = {cu['fraction_of_matmul']} of a bf16 matmul, "
-                                  f"{cu['fraction_of_datasheet_peak']} of the datasheet peak")]
+        lines += [
+            "",
+            "CUDA: "
+            + (
+                cu["skipped"]
+                if "skipped" in cu
+                else f"{cu['device']}, bf16, batch {cu['batch_size']}: {cu['images_per_s']} img/s, "
+                f"{cu['tflop_per_s']} TFLOP/s = {cu['fraction_of_matmul']} of a bf16 matmul, "
+                f"{cu['fraction_of_datasheet_peak']} of the datasheet peak"
+            ),
+        ]
     th = res.get("threads")
     if th:
-        lines += ["", f"## A machine that is not idle ({th['cores']} cores; {th['workload']})", "",
-                  f"Fair share: {th['fair_share']}. Goal: at most {th['goal']}x the fair share.", "",
-                  "| task | background | policy | threads | wall (s) | CPU (s) | slowdown | fair share | of fair | "
-                  "idle vs today |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## A machine that is not idle ({th['cores']} cores; {th['workload']})",
+            "",
+            f"Fair share: {th['fair_share']}. Goal: at most {th['goal']}x the fair share.",
+            "",
+            "| task | background | policy | threads | wall (s) | CPU (s) | slowdown | fair share | of fair | "
+            "idle vs today |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in th["rows"]:
             if "error" in r:
                 lines.append(f"| {r['task']} | {r['background']} | {r['policy']} | {r['error']} | | | | | | |")
                 continue
-            lines.append(f"| {r['task']} | {r['background']} | {r['policy']} | {r['threads']} | {r['wall_s']} | "
-                         f"{r['cpu_s']} | {r.get('slowdown', '')} | {r.get('fair_share', '')} | "
-                         f"{r.get('of_fair_share', '')} | {r.get('idle_vs_today', '') if not r['background'] else ''} |")
+            lines.append(
+                f"| {r['task']} | {r['background']} | {r['policy']} | {r['threads']} | {r['wall_s']} | "
+                f"{r['cpu_s']} | {r.get('slowdown', '')} | {r.get('fair_share', '')} | "
+                f"{r.get('of_fair_share', '')} | {r.get('idle_vs_today', '') if not r['background'] else ''} |"
+            )
     inf = res.get("inference")
     if inf:
-        lines += ["", f"## Inference (CPU, {inf['weights']})", "",
-                  "| profile | crop | one image, five crops: median (ms) | p95 (ms) | batch | batch (img/s) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Inference (CPU, {inf['weights']})",
+            "",
+            "| profile | crop | one image, five crops: median (ms) | p95 (ms) | batch | batch (img/s) |",
+            "|---|---|---|---|---|---|",
+        ]
         for k, v in inf.items():
             if isinstance(v, dict) and "latency_ms_median" in v:
-                lines.append(f"| {k} | {v['crop']} | {v['latency_ms_median']} | {v['latency_ms_p95']} | "
-                             f"{v['batch_size']} | {v['batch_images_per_s']} |")
+                lines.append(
+                    f"| {k} | {v['crop']} | {v['latency_ms_median']} | {v['latency_ms_p95']} | "
+                    f"{v['batch_size']} | {v['batch_images_per_s']} |"
+                )
         c = inf["cold_start_s"]
         lib = f", the same through the library {c['library_predict']} s" if "library_predict" in c else ""
         heavy = inf.get("cli_startup_imports")
-        lines += ["", f"Cold start, one image ({inf['cold_start_profile']} model): `emotionlib predict` "
-                  f"{c['emotionlib_predict']} s{lib}, `python -c \"import torch\"` {c['import_torch']} s."
-                  + ("" if heavy is None else f" Imported by the command line before it parses its arguments: "
-                                              f"{', '.join(heavy) or 'none of the heavy ones'}.")]
+        lines += [
+            "",
+            f"Cold start, one image ({inf['cold_start_profile']} model): `emotionlib predict` "
+            f'{c["emotionlib_predict"]} s{lib}, `python -c "import torch"` {c["import_torch"]} s.'
+            + (
+                ""
+                if heavy is None
+                else f" Imported by the command line before it parses its arguments: "
+                f"{', '.join(heavy) or 'none of the heavy ones'}."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
 SECTIONS = ("input", "ablation", "training", "inference", "threads")
 
 
-def run_bench(out: str | os.PathLike, quick: bool = False, only: tuple[str, ...] = SECTIONS,
-              compile_: bool = False) -> dict[str, Any]:
+def run_bench(
+    out: str | os.PathLike, quick: bool = False, only: tuple[str, ...] = SECTIONS, compile_: bool = False
+) -> dict[str, Any]:
     """Run the benchmarks into `out` (bench.json, bench.md, and work/ for generated data); return the results."""
     from .utils import write_json, write_text
 
@@ -1028,16 +1303,25 @@ def run_bench(out: str | os.PathLike, quick: bool = False, only: tuple[str, ...]
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks against the alternatives: input pipeline, ablation sweep, "
-                                     "training and inference throughput")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks against the alternatives: input pipeline, ablation sweep, training and inference throughput",
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for bench.json, bench.md and generated data")
     p.add_argument("--quick", action="store_true", help="a sub-minute version on tiny data (what the tests run)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile at the smoke size (its "
-                                                           "compilation takes minutes on a CPU)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="cuda: only the paper profile's bf16 training and inference images/s and the fraction of "
-                        "the chip's bf16 peak (needs an NVIDIA GPU)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure torch.compile at the smoke size (its compilation takes minutes on a CPU)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="cuda: only the paper profile's bf16 training and inference images/s and the fraction of "
+        "the chip's bf16 peak (needs an NVIDIA GPU)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -1052,8 +1336,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device here (torch.cuda.is_available() is False); run it on "
-                              "a machine with an NVIDIA GPU, or leave --device out for the CPU benchmarks")
+            raise ConfigError(
+                "--device cuda: no CUDA device here (torch.cuda.is_available() is False); run it on "
+                "a machine with an NVIDIA GPU, or leave --device out for the CPU benchmarks"
+            )
         from .utils import write_json, write_text
 
         r = bench_gpu(a.quick)
@@ -1068,6 +1354,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_bench", "bench_threads", "bench_gpu", "fair_share", "peak_bf16_tflops", "forward_flops_per_image",
-           "fraction_of_peak", "bench_input_pipeline", "bench_ablation", "bench_training", "bench_inference",
-           "make_photo_jpegs", "goals", "to_markdown", "add_parser"]
+__all__ = [
+    "run_bench",
+    "bench_threads",
+    "bench_gpu",
+    "fair_share",
+    "peak_bf16_tflops",
+    "forward_flops_per_image",
+    "fraction_of_peak",
+    "bench_input_pipeline",
+    "bench_ablation",
+    "bench_training",
+    "bench_inference",
+    "make_photo_jpegs",
+    "goals",
+    "to_markdown",
+    "add_parser",
+]

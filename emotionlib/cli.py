@@ -2,6 +2,7 @@
 
 Every user error ends in one line on stderr and exit code 2; nothing is written before the arguments are checked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,14 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the built-in synthetic dataset (FI folder layout)")
     p.add_argument("--out", required=True, type=Path, help="folder to write (created)")
     p.add_argument("--per-class", type=int, default=None, help="images per class (default 200)")
-    p.add_argument("--builtin", action="store_true", help="the built-in dataset's settings (data/README.md): "
-                                                         "200 per class, 80 px, 10 %% label noise")
+    p.add_argument(
+        "--builtin",
+        action="store_true",
+        help="the built-in dataset's settings (data/README.md): 200 per class, 80 px, 10 %% label noise",
+    )
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label-noise", type=float, default=None,
-                   help="probability of a wrong folder label (default 0)")
+    p.add_argument("--label-noise", type=float, default=None, help="probability of a wrong folder label (default 0)")
     p.add_argument("--layout", choices=("fi", "artphoto"), default="fi")
     p.add_argument("--shift", type=float, default=0.0, help="shift of the nuisance distribution in [0, 1]")
     p.set_defaults(func=cmd_synth)
@@ -37,8 +40,16 @@ def cmd_synth(a) -> int:
     per_class = base["per_class"] if a.per_class is None else a.per_class
     size = base["size"] if a.size is None else a.size
     noise = base["label_noise"] if a.label_noise is None else a.label_noise
-    out = generate(a.out, per_class=per_class, size=size, seed=a.seed, label_noise=noise,
-                   layout=a.layout, shift=a.shift, progress=True)
+    out = generate(
+        a.out,
+        per_class=per_class,
+        size=size,
+        seed=a.seed,
+        label_noise=noise,
+        layout=a.layout,
+        shift=a.shift,
+        progress=True,
+    )
     print(f"synthetic dataset in {out}")
     return 0
 
@@ -59,8 +70,10 @@ def cmd_data(a) -> int:
     kw = {} if a.max_pixels is None else {"max_pixels": a.max_pixels}
     index = open_dataset(a.path, progress=True, **kw)
     with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print(f"{a.path}: {len(index.samples)} usable images in {len(index.classes)} classes, "
-              f"{len(index.skipped)} skipped")
+        print(
+            f"{a.path}: {len(index.samples)} usable images in {len(index.classes)} classes, "
+            f"{len(index.skipped)} skipped"
+        )
         print(summarise(index).to_string())
     if index.skipped:
         print("\nskipped files:")
@@ -87,10 +100,19 @@ def _add_train(sub) -> None:
     p.add_argument("--finetune-lr", type=float, default=None, help="CNN learning rate in the fusion stage (0: frozen)")
     p.add_argument("--deterministic", action="store_true", help="bit-reproducible CPU runs")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
-                   help="any configuration field, e.g. --set train.lr=0.01 (repeatable)")
-    p.add_argument("--weights", default=None, help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
-                                                    "cached file if present, else random init; 'none': random init)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.NAME=VALUE",
+        help="any configuration field, e.g. --set train.lr=0.01 (repeatable)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="alexnet-svm, resnet101: ImageNet state dict (default: torchvision's "
+        "cached file if present, else random init; 'none': random init)",
+    )
     add_threads_argument(p)
     p.set_defaults(func=cmd_train)
 
@@ -105,8 +127,14 @@ def _parse_value(text: str):
 def build_config(a):
     from .config import get_config
 
-    overrides = {"model.variant": a.variant, "train.seed": a.seed, "train.batch_size": a.batch_size,
-                 "train.device": a.device, "model.rnn_cell": a.rnn_cell, "train.finetune_lr": a.finetune_lr}
+    overrides = {
+        "model.variant": a.variant,
+        "train.seed": a.seed,
+        "train.batch_size": a.batch_size,
+        "train.device": a.device,
+        "model.rnn_cell": a.rnn_cell,
+        "train.finetune_lr": a.finetune_lr,
+    }
     if a.epochs is not None:
         overrides.update({"train.stage_epochs": a.epochs, "train.fusion_epochs": a.epochs})
     if a.deterministic:
@@ -139,8 +167,9 @@ def cmd_train(a) -> int:
         if a.init_from is not None:
             raise ConfigError(f"--init-from starts a unified CNN-RNN from another run; {a.variant} has no use for it")
         name, a.variant = a.variant, None
-        metrics = run_baseline(name, build_config(a), a.data, a.out, split_csv=a.split, weights=weights,
-                               resume=a.resume)
+        metrics = run_baseline(
+            name, build_config(a), a.data, a.out, split_csv=a.split, weights=weights, resume=a.resume
+        )
     elif weights is not None:
         raise ConfigError(f"--weights applies to the baselines alexnet-svm and resnet101, not {a.variant or 'bigru'}")
     else:
@@ -190,20 +219,30 @@ def cmd_predict(a) -> int:
 def _add_small(sub) -> None:
     from .methods import DEFAULT_SMALL_METHODS, SMALL_LAYOUTS, SMALL_METHODS
 
-    p = sub.add_parser("small", help="Sec. 4.4: per-class true-positive rate on a small dataset (ArtPhoto, IAPS), "
-                                     "5-fold CV, one against all (each class's binary rate, chance 0.5; and the "
-                                     "n-way recall, chance 1/n), a chart like Fig. 7")
+    p = sub.add_parser(
+        "small",
+        help="Sec. 4.4: per-class true-positive rate on a small dataset (ArtPhoto, IAPS), "
+        "5-fold CV, one against all (each class's binary rate, chance 0.5; and the "
+        "n-way recall, chance 1/n), a chart like Fig. 7",
+    )
     p.add_argument("--run", required=True, type=Path, help="a finished run trained on the large dataset")
     p.add_argument("--data", required=True, type=Path, help="the small dataset (see --layout)")
     p.add_argument("--out", required=True, type=Path, help="folder for tpr.csv, metrics.json and the chart")
     p.add_argument("--folds", type=int, default=5, help="K of the stratified K-fold cross-validation (default 5)")
-    p.add_argument("--layout", choices=SMALL_LAYOUTS, default="artphoto",
-                   help="artphoto: <emotion>_<n>.jpg; iaps: DIR/images + DIR/mikels_*.csv; fi: a folder per class")
+    p.add_argument(
+        "--layout",
+        choices=SMALL_LAYOUTS,
+        default="artphoto",
+        help="artphoto: <emotion>_<n>.jpg; iaps: DIR/images + DIR/mikels_*.csv; fi: a folder per class",
+    )
     p.add_argument("--min-count", type=int, default=10, help="leave out classes with fewer images (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the classifiers")
     p.add_argument("--device", default="auto")
-    p.add_argument("--methods", default=",".join(DEFAULT_SMALL_METHODS),
-                   help=f"comma-separated, from {','.join(SMALL_METHODS)} (default {','.join(DEFAULT_SMALL_METHODS)})")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_SMALL_METHODS),
+        help=f"comma-separated, from {','.join(SMALL_METHODS)} (default {','.join(DEFAULT_SMALL_METHODS)})",
+    )
     p.add_argument("--alexnet-weights", default=None, help="ImageNet AlexNet state dict ('none': random init)")
     p.add_argument("--resnet-weights", default=None, help="ImageNet ResNet-101 state dict ('none': random init)")
     add_threads_argument(p)
@@ -213,18 +252,38 @@ def _add_small(sub) -> None:
 def cmd_small(a) -> int:
     from .small import METRICS, run_small
 
-    m = run_small(a.run, a.data, a.out, folds=a.folds, layout=a.layout, min_count=a.min_count, seed=a.seed,
-                  device=a.device, methods=[s.strip() for s in a.methods.split(",") if s.strip()],
-                  alexnet_weights=a.alexnet_weights, resnet_weights=a.resnet_weights)
-    print(json.dumps({"out": str(a.out), "classes": m["classes"], "excluded_classes": m["excluded_classes"],
-                      **{f"mean_{k}": {r["label"]: round(r[f"mean_{k}"], 4) for r in m["methods"].values()}
-                         for k in METRICS}}))
+    m = run_small(
+        a.run,
+        a.data,
+        a.out,
+        folds=a.folds,
+        layout=a.layout,
+        min_count=a.min_count,
+        seed=a.seed,
+        device=a.device,
+        methods=[s.strip() for s in a.methods.split(",") if s.strip()],
+        alexnet_weights=a.alexnet_weights,
+        resnet_weights=a.resnet_weights,
+    )
+    print(
+        json.dumps(
+            {
+                "out": str(a.out),
+                "classes": m["classes"],
+                "excluded_classes": m["excluded_classes"],
+                **{f"mean_{k}": {r["label"]: round(r[f"mean_{k}"], 4) for r in m["methods"].values()} for k in METRICS},
+            }
+        )
+    )
     return 0
 
 
 def _add_table1(sub) -> None:
-    p = sub.add_parser("table1", help="Table 1 as a controlled experiment: every row by one protocol, several seeds, "
-                                      "intervals and a verdict per claim of Sec. 4.3")
+    p = sub.add_parser(
+        "table1",
+        help="Table 1 as a controlled experiment: every row by one protocol, several seeds, "
+        "intervals and a verdict per claim of Sec. 4.3",
+    )
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the built-in data)")
     p.add_argument("--out", required=True, type=Path, help="run folder: train/ and table1/ are written in it")
     p.add_argument("--profile", default="smoke", help="smoke (CPU, built-in data) or paper (Sec. 4.1, GPU)")
@@ -232,8 +291,13 @@ def _add_table1(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
     p.add_argument("--variants", nargs="+", default=None, help="rows to train (default: all ten)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
-                   help="any configuration field, e.g. --set train.fusion_epochs=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.NAME=VALUE",
+        help="any configuration field, e.g. --set train.fusion_epochs=5 (repeatable)",
+    )
     add_threads_argument(p)
     p.set_defaults(func=cmd_table1)
 
@@ -253,8 +317,9 @@ def cmd_table1(a) -> int:
         overrides[k.strip()] = _parse_value(v.strip())
     cfg = pipeline_config(a.profile, a.device, a.seed, **overrides)
     data = ensure_data(a.data)
-    _, table, claims = run_table1(data, a.out, cfg, seeds=a.seeds, seed=a.seed,
-                                  variants=a.variants or PROTOCOL_VARIANTS)
+    _, table, claims = run_table1(
+        data, a.out, cfg, seeds=a.seeds, seed=a.seed, variants=a.variants or PROTOCOL_VARIANTS
+    )
     for r in table.itertuples():
         print(f"{r.variant:9s} {r.mean:6.2f} % (95 % CI {r.ci_low:6.2f} .. {r.ci_high:6.2f}, {r.n_seeds} seeds)")
     for r in claims.itertuples():
@@ -280,7 +345,9 @@ def cmd_variants(a) -> int:
     from .paper import TABLE1
 
     for name, text in BASELINES.items():
-        print(f"{name:10s} baseline: {text}  [paper, FI: {TABLE1[TABLE1_BASELINE_ROW[name]]:.2f}% ({TABLE1_BASELINE_ROW[name]})]")
+        print(
+            f"{name:10s} baseline: {text}  [paper, FI: {TABLE1[TABLE1_BASELINE_ROW[name]]:.2f}% ({TABLE1_BASELINE_ROW[name]})]"
+        )
     print("\nAny fusion may name its branch count: e.g. gru6, lstm4, max6.")
     return 0
 
@@ -311,9 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # advice that holds for this command: only train has --resume; reproduce skips its complete notebooks
-        advice = {"train": "; rerun with --resume to continue",
-                  "reproduce": "; rerun the same command to continue (complete notebooks are skipped)",
-                  "table1": "; rerun the same command to continue (finished runs are reused)"}.get(a.command, "")
+        advice = {
+            "train": "; rerun with --resume to continue",
+            "reproduce": "; rerun the same command to continue (complete notebooks are skipped)",
+            "table1": "; rerun the same command to continue (finished runs are reused)",
+        }.get(a.command, "")
         print(f"emotionlib {a.command}: interrupted{advice}", file=sys.stderr)
         return 130
 

@@ -4,6 +4,7 @@
 `smoke` keeps the four pooling levels at 64 px with fewer channels, so the whole multi-stage training runs on two
 CPU cores in under a minute on the built-in synthetic data.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,12 @@ class Config:
             kw = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
             return kind(**kw)
 
-        return cls(profile=d.get("profile", "paper"), data=build(DataConfig, d.get("data", {})),
-                   model=build(ModelConfig, d.get("model", {})), train=build(TrainConfig, d.get("train", {})))
+        return cls(
+            profile=d.get("profile", "paper"),
+            data=build(DataConfig, d.get("data", {})),
+            model=build(ModelConfig, d.get("model", {})),
+            train=build(TrainConfig, d.get("train", {})),
+        )
 
 
 def _paper() -> Config:
@@ -99,13 +104,33 @@ def _smoke() -> Config:
         # conv1 5x5 stride 1 on 64 px gives 60 -> pools of 29/14/6/2: the paper's four levels at a ninth of the
         # pixels of 375-px crops, so Table 1's ten rows over three seeds fit in minutes on two CPU cores.
         # No dropout after the branches' FC: with it the greedy stages learnt half as fast (74 % vs 98 % test)
-        model=ModelConfig(width=0.125, conv1_kernel=5, conv1_stride=1, branch_channels=32, branch_pool=2,
-                          branch_fc=256, branch_feature=128, main_fc=256, fused_feature=128, rnn_hidden=128,
-                          branch_dropout=0.0),
+        model=ModelConfig(
+            width=0.125,
+            conv1_kernel=5,
+            conv1_stride=1,
+            branch_channels=32,
+            branch_pool=2,
+            branch_fc=256,
+            branch_feature=128,
+            main_fc=256,
+            fused_feature=128,
+            rnn_hidden=128,
+            branch_dropout=0.0,
+        ),
         # Adam (ours): in short CPU runs from scratch, SGD at this width did not get past the colour cue. The fusion
         # stage fine-tunes the CNN at a tenth of the stages' rate, with the stages' optimiser (Sec. 4.1)
-        train=TrainConfig(batch_size=32, optimizer="adam", lr=2e-3, stage_epochs=4, lr_step=10, fusion_epochs=3,
-                          fusion_lr=1e-3, finetune_lr=2e-4, channels_last=True, val_crops="centre"),
+        train=TrainConfig(
+            batch_size=32,
+            optimizer="adam",
+            lr=2e-3,
+            stage_epochs=4,
+            lr_step=10,
+            fusion_epochs=3,
+            fusion_lr=1e-3,
+            finetune_lr=2e-4,
+            channels_last=True,
+            val_crops="centre",
+        ),
     )
 
 
@@ -114,10 +139,21 @@ def _tiny() -> Config:
     return Config(
         profile="tiny",
         data=DataConfig(resize=52, crop=48, num_workers=0, cache=True),
-        model=ModelConfig(width=0.0625, conv1_kernel=3, conv1_stride=1, branch_channels=8, branch_pool=2,
-                          branch_fc=32, branch_feature=16, main_fc=32, fused_feature=16, rnn_hidden=16),
-        train=TrainConfig(batch_size=8, lr=0.01, stage_epochs=1, lr_step=1, fusion_epochs=1, fusion_lr=1e-3,
-                          finetune_lr=1e-3),
+        model=ModelConfig(
+            width=0.0625,
+            conv1_kernel=3,
+            conv1_stride=1,
+            branch_channels=8,
+            branch_pool=2,
+            branch_fc=32,
+            branch_feature=16,
+            main_fc=32,
+            fused_feature=16,
+            rnn_hidden=16,
+        ),
+        train=TrainConfig(
+            batch_size=8, lr=0.01, stage_epochs=1, lr_step=1, fusion_epochs=1, fusion_lr=1e-3, finetune_lr=1e-3
+        ),
     )
 
 
@@ -133,8 +169,11 @@ PROFILES = {"smoke": _smoke, "paper": _paper, "tiny": _tiny}
 #: - baseline_budget: (ours) the ImageNet baselines' (input side, epochs) where they differ from the profile's crop
 #:   and train.stage_epochs: on a CPU ResNet-101 at the smoke crop takes minutes per epoch (docs/performance.md).
 PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": {"accuracy_floor": 0.20, "deterministic_notebooks": True,
-              "baseline_budget": {"alexnet-svm": (64, 2), "resnet101": (64, 1)}},
+    "smoke": {
+        "accuracy_floor": 0.20,
+        "deterministic_notebooks": True,
+        "baseline_budget": {"alexnet-svm": (64, 2), "resnet101": (64, 1)},
+    },
     "tiny": {"accuracy_floor": 0.0, "deterministic_notebooks": True, "baseline_budget": {}},
     "paper": {"accuracy_floor": 0.50, "deterministic_notebooks": False, "baseline_budget": {}},
 }
@@ -167,6 +206,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 def coerce(key: str, value: Any, kind: Any) -> Any:
     """`value` as the field's type, or a ConfigError: `--set train.lr=abc` arrives as the text 'abc', and a
     comparison in validate() would otherwise end in a TypeError. Floats must be finite (NaN/inf lr)."""
+
     def bad(what: str) -> ConfigError:
         return ConfigError(f"{key}={value!r}: {what}")
 
@@ -209,7 +249,9 @@ def validate(cfg: Config) -> Config:
     if d.crop < 1 or d.resize < d.crop:
         raise ConfigError(f"data.resize={d.resize} must be at least data.crop={d.crop}: the five crops must fit")
     if t.batch_size < 2 or t.batch_size % 2:
-        raise ConfigError(f"train.batch_size={t.batch_size}: the contrastive loss needs an even batch of at least one pair")
+        raise ConfigError(
+            f"train.batch_size={t.batch_size}: the contrastive loss needs an even batch of at least one pair"
+        )
     if not isinstance(d.mirror, bool):
         raise ConfigError(f"data.mirror={d.mirror!r}: use true or false")
     if not 0 <= d.same_fraction <= 1:
@@ -259,5 +301,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["Config", "DataConfig", "TrainConfig", "ModelConfig", "PROFILES", "get_config", "apply_overrides",
-           "validate", "config_diff"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "TrainConfig",
+    "ModelConfig",
+    "PROFILES",
+    "get_config",
+    "apply_overrides",
+    "validate",
+    "config_diff",
+]

@@ -10,6 +10,7 @@ The pipeline, in the order a run uses it:
 
 Nothing here downloads anything; data/README.md says how to obtain and lay out each dataset.
 """
+
 from __future__ import annotations
 
 import csv
@@ -104,8 +105,10 @@ class DatasetIndex:
         """The samples of one split ("train", "test" or "val"), with the same classes (so the same indices)."""
         present = sorted({s.split for s in self.samples if s.split is not None})
         if not present:
-            raise DataError(f"{self.root}: this index has no split column; read it with read_split(), "
-                            "or make one with make_split() and write_split()")
+            raise DataError(
+                f"{self.root}: this index has no split column; read it with read_split(), "
+                "or make one with make_split() and write_split()"
+            )
         if split not in present:
             raise ConfigError(f"split {split!r} not in this index (it has {', '.join(present)})")
         return DatasetIndex(self.root, list(self.classes), [s for s in self.samples if s.split == split], [])
@@ -113,8 +116,10 @@ class DatasetIndex:
     def parts(self) -> dict[str, "DatasetIndex"]:
         """The train, val and test parts of a split index (read_split), each with every class; unlike subset(), a
         part may be empty (5 % of 10 images)."""
-        return {name: DatasetIndex(self.root, list(self.classes), [s for s in self.samples if s.split == name], [])
-                for name in ("train", "val", "test")}
+        return {
+            name: DatasetIndex(self.root, list(self.classes), [s for s in self.samples if s.split == name], [])
+            for name in ("train", "val", "test")
+        }
 
 
 def order_classes(names: Iterable[str]) -> list[str]:
@@ -145,8 +150,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise DataError(f"{w}x{h} = {w * h:,} pixels exceeds max_pixels={max_pixels:,} "
-                                    "(refused before decoding as a possible decompression bomb)")
+                    raise DataError(
+                        f"{w}x{h} = {w * h:,} pixels exceeds max_pixels={max_pixels:,} "
+                        "(refused before decoding as a possible decompression bomb)"
+                    )
                 im.load()  # decode everything now, so that a truncated file fails here and not mid-training
                 im = ImageOps.exif_transpose(im)
                 return _to_rgb(im)
@@ -183,6 +190,7 @@ def _verify_all(paths: Sequence[Path], max_pixels: int, progress: bool) -> list[
     it: Iterable[Path] = paths
     if progress:
         from .utils import progress_bar
+
         it = progress_bar(len(paths), "verifying images", iterable=paths, unit="img")
     out: list[tuple[int, int] | str] = []
     for p in it:
@@ -212,8 +220,14 @@ def _check_utf8(p: Path) -> None:
         raise DataError(f"{shown}: the file name is not valid UTF-8; rename the file") from None
 
 
-def _build_index(root: Path, labelled: list[tuple[Path, str, str | None]], skipped: list[tuple[Path, str]],
-                 max_pixels: int, progress: bool, what: str) -> DatasetIndex:
+def _build_index(
+    root: Path,
+    labelled: list[tuple[Path, str, str | None]],
+    skipped: list[tuple[Path, str]],
+    max_pixels: int,
+    progress: bool,
+    what: str,
+) -> DatasetIndex:
     """Verify labelled files, move the bad ones to skipped, check that every class kept an image."""
     for p in [p for p, _, _ in labelled] + [p for p, _ in skipped]:
         _check_utf8(p)
@@ -228,14 +242,17 @@ def _build_index(root: Path, labelled: list[tuple[Path, str, str | None]], skipp
     return _finish(root, samples, skipped, failed, what)
 
 
-def _finish(root: Path, samples: list[Sample], skipped: list[tuple[Path, str]], failed: dict[str, int],
-            what: str) -> DatasetIndex:
+def _finish(
+    root: Path, samples: list[Sample], skipped: list[tuple[Path, str]], failed: dict[str, int], what: str
+) -> DatasetIndex:
     """Refuse a class that lost all its images, or fewer than two classes; else the index."""
     kept = {s.label for s in samples}
     for label in order_classes(failed):
         if label not in kept:
-            raise DataError(f"{what}: class {label!r} has no usable image (its {failed[label]} file(s) are "
-                            "in the skipped list); fix or remove them")
+            raise DataError(
+                f"{what}: class {label!r} has no usable image (its {failed[label]} file(s) are "
+                "in the skipped list); fix or remove them"
+            )
     if len(kept) < 2:
         found = ", ".join(repr(c) for c in order_classes(kept)) or "none"
         raise DataError(f"{what}: found {len(kept)} class(es) ({found}); at least two are needed")
@@ -244,8 +261,8 @@ def _finish(root: Path, samples: list[Sample], skipped: list[tuple[Path, str]], 
 
 # --------------------------------------------------------------------------- FI, manifests, ArtPhoto, IAPS
 
-_FLAT_NAME = re.compile(r"^([A-Za-z][A-Za-z\-]*)_(.+)$")          # FI flat: <emotion>_<id>
-_ARTPHOTO_NAME = re.compile(r"^([A-Za-z]+)[ _\-]?(\d+)$")           # ArtPhoto: <emotion>[_ -]<n>
+_FLAT_NAME = re.compile(r"^([A-Za-z][A-Za-z\-]*)_(.+)$")  # FI flat: <emotion>_<id>
+_ARTPHOTO_NAME = re.compile(r"^([A-Za-z]+)[ _\-]?(\d+)$")  # ArtPhoto: <emotion>[_ -]<n>
 
 
 def _check_dir(root: str | os.PathLike, what: str) -> Path:
@@ -272,12 +289,14 @@ def _visible(name: str) -> bool:
 
 def _files(folder: Path) -> list[Path]:
     """Every visible file under `folder`, recursively, sorted."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and all(_visible(part) for part in p.relative_to(folder).parts))
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and all(_visible(part) for part in p.relative_to(folder).parts)
+    )
 
 
-def scan_folder(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                progress: bool = False) -> DatasetIndex:
+def scan_folder(
+    root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False
+) -> DatasetIndex:
     """Index FI as published (You et al. 2016): one folder per emotion, or one flat folder of <emotion>_<id>.jpg.
 
     The layout is detected: sub-folders make the class-folder layout (each folder's lower-cased name is a
@@ -295,15 +314,19 @@ def scan_folder(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
         for d in folders:  # labels are lower-cased: FEAR/ and fear/ would merge into one class unseen
             other = by_label.setdefault(d.name.lower(), d)
             if other is not d:
-                raise DataError(f"{root}: class folders {other.name!r} and {d.name!r} differ only in case; "
-                                "merge or rename them")
+                raise DataError(
+                    f"{root}: class folders {other.name!r} and {d.name!r} differ only in case; merge or rename them"
+                )
         for d in folders:
             files = _files(d)
             if not files:
                 raise DataError(f"{d}: class folder {d.name!r} is empty; add its images or remove the folder")
             labelled += [(p, d.name.lower(), None) for p in files]
-        skipped += [(p, "image outside the class folders") for p in entries
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        skipped += [
+            (p, "image outside the class folders")
+            for p in entries
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        ]
     else:
         for p in entries:
             m = _FLAT_NAME.match(p.stem)
@@ -334,8 +357,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     return header, [(n, dict(zip(header, (c.strip() for c in r)))) for n, r in rows[1:]]
 
 
-def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequence[str] | None,
-                   need_split: bool) -> tuple[Path, list[tuple[Path, str, str | None]]]:
+def _read_manifest(
+    csv_path: str | os.PathLike, base: Path | None, classes: Sequence[str] | None, need_split: bool
+) -> tuple[Path, list[tuple[Path, str, str | None]]]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: manifest does not exist")
@@ -343,8 +367,10 @@ def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequ
     want = ["path", "label"] + (["split"] if need_split else [])
     missing = [c for c in want if c not in header]
     if missing:
-        raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; "
-                        f"expected a header {','.join(want)}{'' if need_split else '[,split]'}")
+        raise DataError(
+            f"{csv_path}: missing column(s) {', '.join(missing)}; "
+            f"expected a header {','.join(want)}{'' if need_split else '[,split]'}"
+        )
     base = csv_path.parent if base is None else Path(base)
     known = set(classes) if classes is not None else None
     out, seen = [], {}
@@ -355,8 +381,9 @@ def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequ
         if not label:
             raise DataError(f"{csv_path}: line {n} ({rel}) has an empty label")
         if known is not None and label not in known:
-            raise DataError(f"{csv_path}: line {n}: unknown label {label!r} for {rel}; "
-                            f"expected one of {', '.join(classes)}")
+            raise DataError(
+                f"{csv_path}: line {n}: unknown label {label!r} for {rel}; expected one of {', '.join(classes)}"
+            )
         if split is not None:
             split = split.lower()
             if split not in SPLITS:
@@ -365,12 +392,16 @@ def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequ
             raise DataError(f"{csv_path}: line {n} ({rel}) has no split")
         p = Path(rel) if Path(rel).is_absolute() else base / rel
         if not p.is_file():
-            raise DataError(f"{p}: listed in {csv_path} (line {n}) but does not exist"
-                            + ("" if Path(rel).is_absolute() else f"; paths are relative to {base}"))
+            raise DataError(
+                f"{p}: listed in {csv_path} (line {n}) but does not exist"
+                + ("" if Path(rel).is_absolute() else f"; paths are relative to {base}")
+            )
         key = p.resolve()  # as the file system sees it: `a/../a/x.jpg`, an absolute path and a symlink are one file
         if key in seen:  # the same image twice could put it in train and test at once
-            raise DataError(f"{csv_path}: line {n} repeats {rel}: the same file as line {seen[key][0]} "
-                            f"({seen[key][1]}); list each image once")
+            raise DataError(
+                f"{csv_path}: line {n} repeats {rel}: the same file as line {seen[key][0]} "
+                f"({seen[key][1]}); list each image once"
+            )
         seen[key] = (n, rel)
         out.append((p, label, split))
     if not out:
@@ -378,8 +409,13 @@ def _read_manifest(csv_path: str | os.PathLike, base: Path | None, classes: Sequ
     return base, out
 
 
-def scan_manifest(csv_path: str | os.PathLike, *, classes: Sequence[str] | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> DatasetIndex:
+def scan_manifest(
+    csv_path: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> DatasetIndex:
     """Index a CSV manifest `path,label[,split]`; paths are relative to the CSV's folder, or absolute.
 
     Every image is decoded once (bad ones go to `.skipped`). A missing file, a repeated path, an empty
@@ -393,8 +429,9 @@ def scan_manifest(csv_path: str | os.PathLike, *, classes: Sequence[str] | None 
     return index
 
 
-def scan_artphoto(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  progress: bool = False) -> DatasetIndex:
+def scan_artphoto(
+    root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False
+) -> DatasetIndex:
     """Index ArtPhoto (Machajdik & Hanbury 2010): a flat folder of <emotion>_<n>.jpg, where `sad` is sadness.
 
     Lenient about names: any case, and `_`, `-`, a space or nothing before the number (`Sad 12.JPG`,
@@ -421,8 +458,23 @@ def scan_artphoto(root: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXE
 # Mikels et al. (2005), negative table: single-letter category codes; blends like "DF" are not one emotion.
 IAPS_NEGATIVE_CODES = {"A": "anger", "D": "disgust", "F": "fear", "S": "sadness"}
 IAPS_POSITIVE = ("amusement", "awe", "contentment", "excitement")
-_PICTURE_COLUMNS = ("iaps", "slide", "picture", "pic", "id", "iapsnumber", "iapsno", "iapsid", "picturenumber",
-                    "pictureno", "slidenumber", "slideno", "number", "no", "image")
+_PICTURE_COLUMNS = (
+    "iaps",
+    "slide",
+    "picture",
+    "pic",
+    "id",
+    "iapsnumber",
+    "iapsno",
+    "iapsid",
+    "picturenumber",
+    "pictureno",
+    "slidenumber",
+    "slideno",
+    "number",
+    "no",
+    "image",
+)
 
 
 def _norm_col(name: str) -> str:
@@ -443,8 +495,9 @@ def _picture_key(text: str) -> str | None:
     return f"{whole}.{frac}" if frac else whole
 
 
-def _iaps_norms(negative_csv: str | os.PathLike,
-                positive_csv: str | os.PathLike) -> tuple[dict[str, str], dict[str, str]]:
+def _iaps_norms(
+    negative_csv: str | os.PathLike, positive_csv: str | os.PathLike
+) -> tuple[dict[str, str], dict[str, str]]:
     """Picture number -> emotion, and picture number -> why it has none (blends, U, ties)."""
     labels: dict[str, str] = {}
     reasons: dict[str, str] = {}
@@ -464,14 +517,17 @@ def _iaps_norms(negative_csv: str | os.PathLike,
     neg, pos = Path(negative_csv), Path(positive_csv)
     for path in (neg, pos):
         if not path.is_file():
-            raise DataError(f"{path}: norms file does not exist; export the Mikels et al. (2005) table as CSV "
-                            "(see data/README.md)")
+            raise DataError(
+                f"{path}: norms file does not exist; export the Mikels et al. (2005) table as CSV (see data/README.md)"
+            )
     header, rows = _read_csv(neg)
     pic = _find_col(header, _PICTURE_COLUMNS)
     cat = _find_col(header, ("category", "cat", "emotioncategory", "categories"))
     if pic is None or cat is None:
-        raise DataError(f"{neg}: needs a picture-number column (e.g. IAPS, Slide, picture, id) and a "
-                        f"Category column; found {', '.join(header)}")
+        raise DataError(
+            f"{neg}: needs a picture-number column (e.g. IAPS, Slide, picture, id) and a "
+            f"Category column; found {', '.join(header)}"
+        )
     for _, row in rows:
         key = _picture_key(row.get(pic, ""))
         if key is None:
@@ -489,13 +545,14 @@ def _iaps_norms(negative_csv: str | os.PathLike,
 
     header, rows = _read_csv(pos)
     pic = _find_col(header, _PICTURE_COLUMNS)
-    cols = {e: _find_col(header, (e + "mean", "mean" + e, e + "m", e + "avg", e + "average", e))
-            for e in IAPS_POSITIVE}
+    cols = {e: _find_col(header, (e + "mean", "mean" + e, e + "m", e + "avg", e + "average", e)) for e in IAPS_POSITIVE}
     absent = [e for e, c in cols.items() if c is None]
     if pic is None or absent:
-        raise DataError(f"{pos}: needs a picture-number column and mean ratings for "
-                        f"{', '.join(IAPS_POSITIVE)} (e.g. AmusementMean); missing "
-                        f"{', '.join(absent) if absent else 'the picture-number column'}")
+        raise DataError(
+            f"{pos}: needs a picture-number column and mean ratings for "
+            f"{', '.join(IAPS_POSITIVE)} (e.g. AmusementMean); missing "
+            f"{', '.join(absent) if absent else 'the picture-number column'}"
+        )
     for _, row in rows:
         key = _picture_key(row.get(pic, ""))
         if key is None:
@@ -516,8 +573,15 @@ def _iaps_norms(negative_csv: str | os.PathLike,
     return labels, reasons
 
 
-def scan_iaps(image_dir: str | os.PathLike, negative_csv: str | os.PathLike, positive_csv: str | os.PathLike,
-              *, min_count: int = 10, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> DatasetIndex:
+def scan_iaps(
+    image_dir: str | os.PathLike,
+    negative_csv: str | os.PathLike,
+    positive_csv: str | os.PathLike,
+    *,
+    min_count: int = 10,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> DatasetIndex:
     """Index the IAPS-subset: images named by IAPS picture number, labelled by the Mikels et al. (2005) norms.
 
     Negative pictures take their single-letter Category (A anger, D disgust, F fear, S sadness); blends
@@ -545,14 +609,19 @@ def scan_iaps(image_dir: str | os.PathLike, negative_csv: str | os.PathLike, pos
     counts = index.counts()
     small = [c for c in index.classes if counts[c] < min_count]
     for c in small:
-        warnings.warn(f"IAPS: dropping class {c!r}: {counts[c]} image(s) < min_count={min_count}, too few "
-                      "to train and test a classifier (the paper drops anger for this, Sec. 4.4)", stacklevel=2)
+        warnings.warn(
+            f"IAPS: dropping class {c!r}: {counts[c]} image(s) < min_count={min_count}, too few "
+            "to train and test a classifier (the paper drops anger for this, Sec. 4.4)",
+            stacklevel=2,
+        )
     if small:
         keep = [s for s in index.samples if s.label not in small]
-        dropped = [(s.path, f"class {s.label} dropped: {counts[s.label]} image(s) < min_count={min_count}")
-                   for s in index.samples if s.label in small]
-        index = _finish(root, keep, index.skipped + dropped, dict.fromkeys({s.label for s in keep}, 0),
-                        f"IAPS {root}")
+        dropped = [
+            (s.path, f"class {s.label} dropped: {counts[s.label]} image(s) < min_count={min_count}")
+            for s in index.samples
+            if s.label in small
+        ]
+        index = _finish(root, keep, index.skipped + dropped, dict.fromkeys({s.label for s in keep}, 0), f"IAPS {root}")
     return index
 
 
@@ -579,8 +648,9 @@ def make_split(targets: Sequence, fractions: Sequence[float] = (0.8, 0.15, 0.05)
     """
     fr = np.asarray(fractions, dtype=np.float64)
     if fr.shape != (3,) or (fr < 0).any() or abs(fr.sum() - 1) > 1e-6:
-        raise ConfigError(f"fractions={tuple(fractions)}: give three non-negative numbers "
-                          "(train, test, val) that sum to 1")
+        raise ConfigError(
+            f"fractions={tuple(fractions)}: give three non-negative numbers (train, test, val) that sum to 1"
+        )
     targets = list(targets)
     out: list[str] = [""] * len(targets)
     rng = np.random.default_rng(seed)
@@ -612,17 +682,24 @@ def write_split(index: DatasetIndex, splits: Sequence[str], path: str | os.PathL
     write_csv(path, ["path", "label", "split"], rows)
 
 
-def read_split(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
-               classes: Sequence[str] | None = None, verify: bool = False,
-               max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> DatasetIndex:
+def read_split(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    verify: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> DatasetIndex:
     """Read a split CSV written by write_split; every sample carries its `.split`.
 
     Paths are relative to `root` (default: the CSV's folder). Every file must exist and every label be one
     of `classes` when given (DataError naming the file otherwise). Images are not decoded unless `verify`,
     which also fills width/height and refuses a damaged image: a split cannot silently lose one.
     """
-    base, labelled = _read_manifest(path, None if root is None else _check_dir(root, "dataset root"),
-                                    classes, need_split=True)
+    base, labelled = _read_manifest(
+        path, None if root is None else _check_dir(root, "dataset root"), classes, need_split=True
+    )
     samples = [Sample(p, label, split=split) for p, label, split in labelled]
     if verify:
         for s, r in zip(samples, _verify_all([s.path for s in samples], max_pixels, progress)):
@@ -649,8 +726,13 @@ def five_crop_boxes(width: int, height: int, crop: int) -> list[tuple[int, int, 
         raise ConfigError(f"crop={crop} does not fit a {width}x{height} image")
     r, b = width - crop, height - crop
     cl, ct = int(round(r / 2.0)), int(round(b / 2.0))
-    return [(0, 0, crop, crop), (r, 0, width, crop), (0, b, crop, height), (r, b, width, height),
-            (cl, ct, cl + crop, ct + crop)]
+    return [
+        (0, 0, crop, crop),
+        (r, 0, width, crop),
+        (0, b, crop, height),
+        (r, b, width, height),
+        (cl, ct, cl + crop, ct + crop),
+    ]
 
 
 def resize_shorter(im: Image.Image, size: int) -> Image.Image:
@@ -722,19 +804,33 @@ class EmotionDataset(torch.utils.data.Dataset):
     Items are (image, label index, sample index).
     """
 
-    def __init__(self, samples: Sequence[Sample], class_to_idx: dict[str, int], *, resize: int, crop: int,
-                 train: bool, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, cache: bool = True,
-                 disk_cache: str | os.PathLike | None = None, mirror: bool = True):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        class_to_idx: dict[str, int],
+        *,
+        resize: int,
+        crop: int,
+        train: bool,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        cache: bool = True,
+        disk_cache: str | os.PathLike | None = None,
+        mirror: bool = True,
+    ):
         if crop <= 0:
             raise ConfigError(f"crop={crop}: must be a positive number of pixels")
         if resize < crop:
-            raise ConfigError(f"resize={resize} is smaller than crop={crop}; the shorter side must be at "
-                              "least the crop size")
+            raise ConfigError(
+                f"resize={resize} is smaller than crop={crop}; the shorter side must be at least the crop size"
+            )
         unknown = sorted({s.label for s in samples} - set(class_to_idx))
         if unknown:
-            raise DataError(f"labels {', '.join(map(repr, unknown))} are not in class_to_idx "
-                            f"({', '.join(class_to_idx)})")
+            raise DataError(
+                f"labels {', '.join(map(repr, unknown))} are not in class_to_idx ({', '.join(class_to_idx)})"
+            )
         if seed < 0:
             raise ConfigError(f"seed={seed}: must be >= 0")
         self.samples = list(samples)
@@ -824,8 +920,15 @@ class PairBatchSampler(torch.utils.data.Sampler[list[int]]):
     intact under DistributedDataParallel. Everything is drawn from (seed, epoch): call set_epoch each epoch.
     """
 
-    def __init__(self, targets: Sequence[int], batch_size: int, same_fraction: float = 0.5, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        targets: Sequence[int],
+        batch_size: int,
+        same_fraction: float = 0.5,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         if batch_size < 2 or batch_size % 2:
             raise ConfigError(f"batch_size={batch_size}: pairs need an even batch size of at least 2")
         if not 0 <= same_fraction <= 1:
@@ -856,7 +959,7 @@ class PairBatchSampler(torch.utils.data.Sampler[list[int]]):
         return self.num_batches // self.num_replicas
 
     def __iter__(self):
-        yield from self.all_batches()[self.rank::self.num_replicas]
+        yield from self.all_batches()[self.rank :: self.num_replicas]
 
     def all_batches(self) -> list[list[int]]:
         """Every rank's batches of this epoch, before each rank takes its share."""
@@ -888,7 +991,7 @@ class _PairWalk:
         # A fresh permutation once every image has been shown (only for the padding of the last batches).
         self.order = self.rng.permutation(len(self.t))
         self.used = np.zeros(len(self.t), dtype=bool)
-        self.left = self.sizes.copy()   # images of each class not yet shown
+        self.left = self.sizes.copy()  # images of each class not yet shown
         self.pos = {False: 0, True: 0}  # one pointer for any anchor, one for anchors whose class has a mate
         self.pools = {c: list(self.order[self.t[self.order] == c]) for c in self.members}
 
@@ -939,9 +1042,9 @@ class ShuffleBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         perm = torch.randperm(self.n, generator=g).tolist()
-        batches = [perm[i:i + self.batch_size] for i in range(0, self.n - self.batch_size + 1, self.batch_size)]
+        batches = [perm[i : i + self.batch_size] for i in range(0, self.n - self.batch_size + 1, self.batch_size)]
         batches = batches[: len(self) * self.num_replicas]
-        return iter(batches[self.rank::self.num_replicas])
+        return iter(batches[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return (self.n // self.batch_size) // self.num_replicas
@@ -949,12 +1052,24 @@ class ShuffleBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 def make_loader(part: DatasetIndex, classes: list[str], cfg: Config, train: bool, batch_sampler=None) -> DataLoader:
     d = cfg.data
-    ds = EmotionDataset(part.samples, {c: i for i, c in enumerate(classes)},
-                        resize=d.resize, crop=d.crop, train=train, seed=cfg.train.seed, max_pixels=d.max_pixels,
-                        cache=d.cache, disk_cache=d.disk_cache or None, mirror=d.mirror)
-    kw: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=torch.cuda.is_available(),
-                              persistent_workers=d.num_workers > 0,
-                              worker_init_fn=worker_init if d.num_workers > 0 else None)
+    ds = EmotionDataset(
+        part.samples,
+        {c: i for i, c in enumerate(classes)},
+        resize=d.resize,
+        crop=d.crop,
+        train=train,
+        seed=cfg.train.seed,
+        max_pixels=d.max_pixels,
+        cache=d.cache,
+        disk_cache=d.disk_cache or None,
+        mirror=d.mirror,
+    )
+    kw: dict[str, Any] = dict(
+        num_workers=d.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=d.num_workers > 0,
+        worker_init_fn=worker_init if d.num_workers > 0 else None,
+    )
     if batch_sampler is not None:
         return DataLoader(ds, batch_sampler=batch_sampler, **kw)
     return DataLoader(ds, batch_size=max(1, cfg.train.batch_size // 2), shuffle=False, **kw)
@@ -974,15 +1089,25 @@ def summarise(index: DatasetIndex) -> "pd.DataFrame":
         h = np.array([s.height for s in index.samples if s.label == c and s.height], dtype=np.float64)
         n = sum(1 for s in index.samples if s.label == c)
         stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731  (0 = size not read)
-        rows.append({"class": c, "count": n, "share": n / total,
-                     "width_min": stat(w, np.min), "width_median": stat(w, np.median), "width_max": stat(w, np.max),
-                     "height_min": stat(h, np.min), "height_median": stat(h, np.median),
-                     "height_max": stat(h, np.max)})
+        rows.append(
+            {
+                "class": c,
+                "count": n,
+                "share": n / total,
+                "width_min": stat(w, np.min),
+                "width_median": stat(w, np.median),
+                "width_max": stat(w, np.max),
+                "height_min": stat(h, np.min),
+                "height_median": stat(h, np.median),
+                "height_max": stat(h, np.max),
+            }
+        )
     return pd.DataFrame(rows).set_index("class")
 
 
-def write_loader_demo(folder: str | os.PathLike, good: Sequence[str | os.PathLike], label: str,
-                      other: str = "anger") -> Path:
+def write_loader_demo(
+    folder: str | os.PathLike, good: Sequence[str | os.PathLike], label: str, other: str = "anger"
+) -> Path:
     """A dataset folder that shows what `scan_folder` leaves out: the `good` images in class `label` beside a
     truncated copy of the first and a text file named like an image, and the last good image in class `other`."""
     folder = Path(folder)

@@ -9,6 +9,7 @@ same number of batches - and DDP averages the gradients, so the ranks take ident
 `train.batch_size` is per process: the global batch is world_size times it. Rank 0 alone writes the run folder and
 evaluates; the others wait at barriers. Outside torchrun everything here is a no-op (world size 1).
 """
+
 from __future__ import annotations
 
 import os
@@ -102,8 +103,11 @@ class Dist:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         dev = next(module.parameters()).device
-        return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None,
-                   find_unused_parameters=find_unused_parameters)
+        return DDP(
+            module,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
 
     def check_in_sync(self, model: nn.Module, device: torch.device) -> None:
         """Raise if the ranks' parameters differ: DDP's identical steps keep them bit-identical, so any difference
@@ -111,14 +115,24 @@ class Dist:
         if not self.enabled:
             return
         with torch.no_grad():
-            local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
-                                 for p in model.parameters()]).reshape(-1).to(device)
+            local = (
+                torch.stack(
+                    [
+                        torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                        for p in model.parameters()
+                    ]
+                )
+                .reshape(-1)
+                .to(device)
+            )
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         torch.distributed.all_gather(gathered, local)
         bad = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
         if bad:
-            raise EmotionLibError(f"rank(s) {bad} hold other parameters than rank 0 after DistributedDataParallel "
-                                  "training; this is a bug, please report it")
+            raise EmotionLibError(
+                f"rank(s) {bad} hold other parameters than rank 0 after DistributedDataParallel "
+                "training; this is a bug, please report it"
+            )
 
     def close(self) -> None:
         if self.owns_group and torch.distributed.is_initialized():
@@ -141,13 +155,17 @@ def init(device: str = "auto", timeout_s: float = 1800.0) -> Dist:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
     dev = resolve_device(device)
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device={device!r} resolves to {dev.type}; DistributedDataParallel here runs on "
-                          "CUDA (NCCL) or the CPU (gloo)")
+        raise ConfigError(
+            f"train.device={device!r} resolves to {dev.type}; DistributedDataParallel here runs on "
+            "CUDA (NCCL) or the CPU (gloo)"
+        )
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} GPU(s); start "
-                              "at most that many processes per node (--nproc_per_node)")
+            raise ConfigError(
+                f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} GPU(s); start "
+                "at most that many processes per node (--nproc_per_node)"
+            )
         torch.cuda.set_device(local)
     torch.distributed.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return Dist(world, rank, local, backend, owns_group=True)

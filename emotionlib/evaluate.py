@@ -1,6 +1,7 @@
 """Metrics of Sec. 4.3-4.4: accuracy (Table 1), row-normalised confusion (Fig. 6), true-positive rate per class
 (Fig. 7-8); five-crop evaluation (Sec. 4.1), the one path every score goes through; and using a finished run:
 evaluation on a dataset and per-image prediction."""
+
 from __future__ import annotations
 
 import hashlib
@@ -139,7 +140,7 @@ def _crop_batches(model: nn.Module, loader, device: torch.device, centre_only: b
     for x, y, idx in loader:
         x = x.to(device, non_blocking=True)
         if centre_only and x.dim() == 5:
-            x = x[:, CENTRE_CROP:CENTRE_CROP + 1]
+            x = x[:, CENTRE_CROP : CENTRE_CROP + 1]
         b, crops = x.shape[0], x.shape[1] if x.dim() == 5 else 1
         yield crop_chunks(x.reshape(-1, *x.shape[-3:]), device, cl), b, crops, y, idx
 
@@ -150,8 +151,14 @@ def mean_softmax(logits: torch.Tensor, b: int, crops: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | None = None,
-                  amp: bool = False, centre_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_probs(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    heads: str | None = None,
+    amp: bool = False,
+    centre_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities averaged over the five crops of each image (Sec. 4.1's corner and centre crops).
 
     `heads=None` scores the variant's final output; a branch key ("branch1", ..., "main") scores that branch's
@@ -169,8 +176,9 @@ def predict_probs(model: nn.Module, loader, device: torch.device, heads: str | N
 
 
 @torch.inference_mode()
-def predict_all(model: nn.Module, loader, device: torch.device,
-                amp: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def predict_all(
+    model: nn.Module, loader, device: torch.device, amp: bool = False
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """predict_probs for the variant's output and every branch's own classifier from one pass of the network
     (the trunk is the cost; running it once per head made evaluation most of a smoke run's overhead).
     Returns (final probs [N, C], {branch key: probs [N, C]}, targets [N], dataset indices [N])."""
@@ -185,8 +193,12 @@ def predict_all(model: nn.Module, loader, device: torch.device,
             per_key.setdefault(k, []).append(mean_softmax(lk, b, crops))
         all_y.append(y)
         all_i.append(idx)
-    return (torch.cat(final).numpy(), {k: torch.cat(v).numpy() for k, v in per_key.items()},
-            torch.cat(all_y).numpy(), torch.cat(all_i).numpy())
+    return (
+        torch.cat(final).numpy(),
+        {k: torch.cat(v).numpy() for k, v in per_key.items()},
+        torch.cat(all_y).numpy(),
+        torch.cat(all_i).numpy(),
+    )
 
 
 # ----------------------------------------------------------------------------- using a finished run
@@ -211,8 +223,13 @@ def evaluate_run(run: str | os.PathLike, data: str | os.PathLike | None = None, 
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(resolved).stem or "data")[:40]
         name = f"{slug}-{hashlib.sha256(resolved.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
     p, y, _ = predict_probs(model, make_loader(part, classes, cfg, train=False), dev, None, cfg.train.amp)
-    result = {"run": str(run), "data": name, "data_path": str(run / "split.csv") if data is None else resolved,
-              "classes": classes, **summarise_predictions(y, p, classes)}
+    result = {
+        "run": str(run),
+        "data": name,
+        "data_path": str(run / "split.csv") if data is None else resolved,
+        "classes": classes,
+        **summarise_predictions(y, p, classes),
+    }
     write_json(run / "evaluations" / f"{name}.json", result, strict=True)
     return {k: result[k] for k in ("data", "accuracy", "mean_tpr", "mean_tpr_classes", "n")}
 
@@ -225,10 +242,20 @@ def predict_images(run: str | os.PathLike, images: list[str | os.PathLike], devi
         path = Path(path)
         if not path.exists():
             raise DataError(f"image {path} does not exist")
-        ds = EmotionDataset([Sample(path, classes[0])], {c: i for i, c in enumerate(classes)}, resize=cfg.data.resize,
-                            crop=cfg.data.crop, train=False, max_pixels=cfg.data.max_pixels, cache=False)
+        ds = EmotionDataset(
+            [Sample(path, classes[0])],
+            {c: i for i, c in enumerate(classes)},
+            resize=cfg.data.resize,
+            crop=cfg.data.crop,
+            train=False,
+            max_pixels=cfg.data.max_pixels,
+            cache=False,
+        )
         x = ds[0][0]  # (5, 3, crop, crop)
         with torch.inference_mode():
             p = mean_softmax(model(x.to(dev)), 1, x.shape[0])[0]
-        yield {"image": str(path), "emotion": classes[int(p.argmax())],
-               "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}}
+        yield {
+            "image": str(path),
+            "emotion": classes[int(p.argmax())],
+            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
+        }

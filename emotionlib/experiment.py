@@ -24,6 +24,7 @@ and the tables runs.csv (one row per variant and seed), table1.csv (mean, standa
 over seeds per variant) and claims.csv (a paired difference per seed for each comparison of Sec. 4.3, its
 interval and a verdict).
 """
+
 from __future__ import annotations
 
 import math
@@ -130,7 +131,9 @@ def shared_stages(reference: Config, variant: Config) -> list[str]:
 
 def _prefixes(sig) -> tuple[str, ...]:
     name, trunk, heads = sig
-    return tuple(f"trunk.stages.{s}." for s in trunk) + tuple("main." if h == "main" else f"branches.{h}." for h in heads)
+    return tuple(f"trunk.stages.{s}." for s in trunk) + tuple(
+        "main." if h == "main" else f"branches.{h}." for h in heads
+    )
 
 
 # ----------------------------------------------------------------------------- the run folders
@@ -157,9 +160,17 @@ def seed_cnns(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1) -> dict
 # ----------------------------------------------------------------------------- the protocol
 
 
-def run_protocol(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, *, seeds: int = 3,
-                 seed: int = 0, variants: Sequence[str] = PROTOCOL_VARIANTS, progress: bool = False,
-                 log=print):
+def run_protocol(
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    cfg: Config,
+    *,
+    seeds: int = 3,
+    seed: int = 0,
+    variants: Sequence[str] = PROTOCOL_VARIANTS,
+    progress: bool = False,
+    log=print,
+):
     """Train every (variant, seed) row of Table 1 by the one protocol (module docstring) and return runs.csv's
     frame: one row per variant and seed. Finished rows are read back, unfinished ones resume; a row whose folder
     was made with another configuration is refused (train.fit). `cfg`: the pipeline's configuration (its
@@ -180,15 +191,28 @@ def run_protocol(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: C
         ref = row_folder(run_dir, k, REFERENCE, seed)
         need_ref = REFERENCE in variants or any(plan[v] for v in variants)
         if need_ref:  # the shared CNN stages first; seed `seed`'s run makes the split every other row reuses
-            fit(_row_config(cfg, REFERENCE, k), data_dir, ref, resume=True, until="main", progress=progress,
-                split_csv=split if split.exists() else None)
+            fit(
+                _row_config(cfg, REFERENCE, k),
+                data_dir,
+                ref,
+                resume=True,
+                until="main",
+                progress=progress,
+                split_csv=split if split.exists() else None,
+            )
         for v in variants:
             out = row_folder(run_dir, k, v, seed)
             start = time.perf_counter()
-            m = fit(_row_config(cfg, v, k), data_dir, out, resume=True, progress=progress,
-                    split_csv=split if split.exists() else None,
-                    init_from=ref / "checkpoints" / "stage-main.pt" if plan[v] and v != REFERENCE else None,
-                    init_stages=plan[v] if v != REFERENCE else None)
+            m = fit(
+                _row_config(cfg, v, k),
+                data_dir,
+                out,
+                resume=True,
+                progress=progress,
+                split_csv=split if split.exists() else None,
+                init_from=ref / "checkpoints" / "stage-main.pt" if plan[v] and v != REFERENCE else None,
+                init_stages=plan[v] if v != REFERENCE else None,
+            )
             rows.append(_row(v, k, m, out, run_dir, plan[v] if v != REFERENCE else [], ref))
             log(f"seed {k} {v:>8}: test {100 * m['test_accuracy']:5.1f} %  ({time.perf_counter() - start:.0f} s)")
     df = pd.DataFrame(rows)
@@ -211,13 +235,20 @@ def _row(variant: str, k: int, m: dict[str, Any], folder: Path, run_dir, shared:
     summary = read_summary(folder / "summary.csv")
     own = [r for r in summary if r["stage"] != "fusion"]
     shared_epochs = len(shared) * cfg.train.stage_epochs  # trained in the reference run, copied here
-    ref_seconds = sum(float(r["seconds"]) for r in read_summary(ref / "summary.csv")
-                      if r["stage"] in shared) if shared else 0.0
+    ref_seconds = (
+        sum(float(r["seconds"]) for r in read_summary(ref / "summary.csv") if r["stage"] in shared) if shared else 0.0
+    )
     return {
-        "variant": variant, "seed": k, "test_acc": round(100 * m["test_accuracy"], 3),
-        "mean_tpr": round(100 * m["mean_tpr"], 3), "val_acc": _percent(m["val_accuracy"]),
-        "cnn_epochs": shared_epochs + len(own), "fusion_epochs": sum(r["stage"] == "fusion" for r in summary),
-        "finetune_lr": cfg.train.finetune_lr, "stage_lr": cfg.train.lr, "optimizer": cfg.train.optimizer,
+        "variant": variant,
+        "seed": k,
+        "test_acc": round(100 * m["test_accuracy"], 3),
+        "mean_tpr": round(100 * m["mean_tpr"], 3),
+        "val_acc": _percent(m["val_accuracy"]),
+        "cnn_epochs": shared_epochs + len(own),
+        "fusion_epochs": sum(r["stage"] == "fusion" for r in summary),
+        "finetune_lr": cfg.train.finetune_lr,
+        "stage_lr": cfg.train.lr,
+        "optimizer": cfg.train.optimizer,
         "shared_stages": ", ".join(shared) if shared else "none",
         "own_stages": ", ".join(dict.fromkeys(r["stage"] for r in summary)),
         "seconds": round(ref_seconds + sum(float(r["seconds"]) for r in summary), 1),
@@ -246,11 +277,13 @@ def protocol_of(variant: str, cfg: Config | None = None) -> str:
     else:
         n = cfg.train.softmax_stages if var.model.n_branches == 0 else 1
         stages = f"trains its own {len(own)} CNN stage{'s' if len(own) > 1 else ''}" + (
-            f" ({n} stages' epochs)" if n > 1 else f" ({', '.join(own)})")
+            f" ({n} stages' epochs)" if n > 1 else f" ({', '.join(own)})"
+        )
     fusion = var.model.fusion
-    tail = {"softmax": "fine-tunes the CNN under Eq. 5 of the main classifier",
-            "ensemble": "fine-tunes the CNN under Eq. 5 of all five classifiers"}.get(
-        fusion, f"{fusion} head (RMSprop, Eq. 11) with the CNN fine-tuned")
+    tail = {
+        "softmax": "fine-tunes the CNN under Eq. 5 of the main classifier",
+        "ensemble": "fine-tunes the CNN under Eq. 5 of all five classifiers",
+    }.get(fusion, f"{fusion} head (RMSprop, Eq. 11) with the CNN fine-tuned")
     return f"{stages}; fusion stage: {tail}"
 
 
@@ -262,11 +295,23 @@ def summarise(runs, confidence: float = CONFIDENCE, cfg: Config | None = None):
     out = []
     for v, g in runs.groupby("variant", sort=False):
         mean, sd, low, high = mean_interval(g["test_acc"], confidence)
-        out.append({"variant": v, "table1_row": row_label(v), "protocol": protocol_of(v, cfg), "n_seeds": len(g),
-                    "mean": round(mean, 2), "std": round(sd, 2), "ci_low": round(low, 2), "ci_high": round(high, 2),
-                    "mean_tpr": round(float(g["mean_tpr"].mean()), 2),
-                    "cnn_epochs": _one(g["cnn_epochs"]), "fusion_epochs": _one(g["fusion_epochs"]),
-                    "finetune_lr": _one(g["finetune_lr"]), "paper_FI_acc": TABLE1_VARIANTS.get(v, math.nan)})
+        out.append(
+            {
+                "variant": v,
+                "table1_row": row_label(v),
+                "protocol": protocol_of(v, cfg),
+                "n_seeds": len(g),
+                "mean": round(mean, 2),
+                "std": round(sd, 2),
+                "ci_low": round(low, 2),
+                "ci_high": round(high, 2),
+                "mean_tpr": round(float(g["mean_tpr"].mean()), 2),
+                "cnn_epochs": _one(g["cnn_epochs"]),
+                "fusion_epochs": _one(g["fusion_epochs"]),
+                "finetune_lr": _one(g["finetune_lr"]),
+                "paper_FI_acc": TABLE1_VARIANTS.get(v, math.nan),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -275,8 +320,13 @@ def _one(col):
     return vals[0] if len(vals) == 1 else "/".join(map(str, vals))
 
 
-def compare(runs, claims=CLAIMS, confidence: float = CONFIDENCE, margin: float = EQUIVALENCE_MARGIN,
-            run_dir: str | os.PathLike | None = None):
+def compare(
+    runs,
+    claims=CLAIMS,
+    confidence: float = CONFIDENCE,
+    margin: float = EQUIVALENCE_MARGIN,
+    run_dir: str | os.PathLike | None = None,
+):
     """claims.csv: for each comparison of Sec. 4.3 whose two rows were trained, the per-seed paired difference of
     test accuracy a - b (points), its mean, 95 % interval and verdict, beside the paper's FI difference.
 
@@ -297,17 +347,34 @@ def compare(runs, claims=CLAIMS, confidence: float = CONFIDENCE, margin: float =
         mean, sd, low, high = mean_interval(d, confidence)
         test_var = math.nan
         if folders is not None and len(d):
-            test_var = float(np.mean([_paired_variance(Path(run_dir) / folders[(a, k)], Path(run_dir) / folders[(b, k)])
-                                      for k in d.index]))
+            test_var = float(
+                np.mean(
+                    [
+                        _paired_variance(Path(run_dir) / folders[(a, k)], Path(run_dir) / folders[(b, k)])
+                        for k in d.index
+                    ]
+                )
+            )
             if len(d) > 1:
-                half = t_quantile(confidence, len(d) - 1) * math.sqrt(sd ** 2 / len(d) + test_var)
+                half = t_quantile(confidence, len(d) - 1) * math.sqrt(sd**2 / len(d) + test_var)
                 low, high = mean - half, mean + half
         pa, pb = TABLE1_VARIANTS.get(a), TABLE1_VARIANTS.get(b)
-        out.append({"comparison": f"{a} vs {b}", "claim": what, "kind": kind, "n_seeds": len(d),
-                    "per_seed": " ".join(f"{x:+.1f}" for x in d), "mean_diff": round(mean, 2), "std": round(sd, 2),
-                    "test_se": round(math.sqrt(test_var), 2) if not math.isnan(test_var) else math.nan,
-                    "ci_low": round(low, 2), "ci_high": round(high, 2), "verdict": verdict(low, high, kind, margin),
-                    "paper_FI_diff": round(pa - pb, 2) if pa is not None and pb is not None else math.nan})
+        out.append(
+            {
+                "comparison": f"{a} vs {b}",
+                "claim": what,
+                "kind": kind,
+                "n_seeds": len(d),
+                "per_seed": " ".join(f"{x:+.1f}" for x in d),
+                "mean_diff": round(mean, 2),
+                "std": round(sd, 2),
+                "test_se": round(math.sqrt(test_var), 2) if not math.isnan(test_var) else math.nan,
+                "ci_low": round(low, 2),
+                "ci_high": round(high, 2),
+                "verdict": verdict(low, high, kind, margin),
+                "paper_FI_diff": round(pa - pb, 2) if pa is not None and pb is not None else math.nan,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -321,11 +388,20 @@ def _paired_variance(run_a: Path, run_b: Path) -> float:
         raise ConfigError(f"{run_a} and {run_b} were not scored on the same test images")
     n = len(ca)
     only_a, only_b = float(((ca == 1) & (cb == 0)).sum()), float(((ca == 0) & (cb == 1)).sum())
-    return 100 ** 2 * ((only_a + only_b) / n - ((only_a - only_b) / n) ** 2) / n
+    return 100**2 * ((only_a + only_b) / n - ((only_a - only_b) / n) ** 2) / n
 
 
-def run_table1(data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: Config, *, seeds: int = 3,
-               seed: int = 0, variants: Sequence[str] = PROTOCOL_VARIANTS, progress: bool = False, log=print):
+def run_table1(
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    cfg: Config,
+    *,
+    seeds: int = 3,
+    seed: int = 0,
+    variants: Sequence[str] = PROTOCOL_VARIANTS,
+    progress: bool = False,
+    log=print,
+):
     """run_protocol, then Table 1 and the claims from it: (runs, table1, claims), written to RUN/table1/ as
     runs.csv, table1.csv and claims.csv."""
     from .figures import save_table
@@ -370,14 +446,14 @@ REPORT_VERDICTS = ("supported", "contradicted", "undecided", "not testable on th
 #: The paper's claim behind each item the report decides, in the paper's words where it has them.
 PAPER_CLAIMS = {
     "Table 1": "CNN+5 Branches+Bi-GRU is the best of the paper's variants (73.03 % on FI), and every comparison "
-               "of Sec. 4.3 goes its way (branches help, learned fusion beats the ensemble, bidirectional beats "
-               "unidirectional, GRU beats LSTM, 5 branches beat 4 and match 6)",
+    "of Sec. 4.3 goes its way (branches help, learned fusion beats the ensemble, bidirectional beats "
+    "unidirectional, GRU beats LSTM, 5 branches beat 4 and match 6)",
     "Fig. 3": "'as the layers go deeper, the receptive fields with top activation are becoming more semantically "
-              "meaningful' (Sec. 3.1): deep branches carry higher-level cues than shallow ones",
+    "meaningful' (Sec. 3.1): deep branches carry higher-level cues than shallow ones",
     "Fig. 6": "'a more balanced performance, especially for some negative emotions, such as anger and fear' "
-              "(Sec. 4.3): the Bi-GRU raises the rare, hard classes of FI above a multi-level model without RNN",
+    "(Sec. 4.3): the Bi-GRU raises the rare, hard classes of FI above a multi-level model without RNN",
     "Fig. 7": "on ArtPhoto 'our model is better on average than other methods' (Sec. 4.4): the pre-trained model's "
-              "mean true-positive rate beats the baselines",
+    "mean true-positive rate beats the baselines",
 }
 #: Fig. 6's point needs an imbalanced training set: below this ratio of the largest to the smallest class it is
 #: reported as not testable (FI's is about 5: anger and fear are about 5 % of it each).
@@ -404,8 +480,9 @@ def table1_verdict(claims) -> dict:
         return {"evidence": "no claims.csv: notebook 04 did not run", "verdict": "not testable on this data"}
     own = claims[claims["comparison"].str.startswith(f"{REFERENCE} vs ")]
     counts = claims["verdict"].value_counts()
-    evidence = (f"{len(claims)} paired comparisons over {int(claims['n_seeds'].max())} seeds: "
-                + ", ".join(f"{counts.get(v, 0)} {report_verdict(v)}" for v in VERDICTS))
+    evidence = f"{len(claims)} paired comparisons over {int(claims['n_seeds'].max())} seeds: " + ", ".join(
+        f"{counts.get(v, 0)} {report_verdict(v)}" for v in VERDICTS
+    )
     contra = list(claims.loc[claims["verdict"] == "contradicted", "comparison"])
     if contra:
         evidence += f" (contradicted: {', '.join(contra)})"
@@ -423,8 +500,10 @@ def fig3_verdict(probe, cue: str = "shape") -> dict:
     control) on the high-level cue at the deepest pooling branch minus the same at pool1's; its t-interval over
     seeds gives the verdict. Data that records no cues per image (FI) cannot test it."""
     if probe is None or len(probe) == 0:
-        return {"evidence": "no cues recorded per image (no probe_accuracy.csv): only Fig. 3's pictures",
-                "verdict": "not testable on this data"}
+        return {
+            "evidence": "no cues recorded per image (no probe_accuracy.csv): only Fig. 3's pictures",
+            "verdict": "not testable on this data",
+        }
     g = probe[probe["cue"] == cue].pivot_table(index=["level", "seed"], columns="source", values="accuracy")
     g = (g["trained"] - g["random init"]).unstack("level")
     levels = [lv for lv in g.columns if "pool" in lv]
@@ -435,8 +514,12 @@ def fig3_verdict(probe, cue: str = "shape") -> dict:
     d = 100 * (g[deep] - g[shallow]).dropna()
     mean, _, low, high = mean_interval(d)
     v = report_verdict(verdict(low, high, "better"))
-    return {"evidence": f"{cue} cue, training gain of {deep.split()[0]} minus {shallow.split()[0]}: "
-                        + _interval_text(mean, low, high, "points") + f" ({len(d)} seeds)", "verdict": v}
+    return {
+        "evidence": f"{cue} cue, training gain of {deep.split()[0]} minus {shallow.split()[0]}: "
+        + _interval_text(mean, low, high, "points")
+        + f" ({len(d)} seeds)",
+        "verdict": v,
+    }
 
 
 def fig6_verdict(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1, rival: str = "ensemble") -> dict:
@@ -454,16 +537,30 @@ def fig6_verdict(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1, riva
     ratio = float(counts.max() / counts.min())
     diffs = []
     for k in range(seed, seed + seeds):
-        a, b = row_folder(run_dir, k, REFERENCE, seed) / "metrics.json", row_folder(run_dir, k, rival, seed) / "metrics.json"
+        a, b = (
+            row_folder(run_dir, k, REFERENCE, seed) / "metrics.json",
+            row_folder(run_dir, k, rival, seed) / "metrics.json",
+        )
         if a.exists() and b.exists():
-            diffs.append(100 * (min(read_json(a)["per_class_tpr"].values()) - min(read_json(b)["per_class_tpr"].values())))
+            diffs.append(
+                100 * (min(read_json(a)["per_class_tpr"].values()) - min(read_json(b)["per_class_tpr"].values()))
+            )
     mean, _, low, high = mean_interval(diffs)
     balance = f"training classes {counts.min()}-{counts.max()} images (ratio {ratio:.1f})"
-    shown = (f"worst-class TPR, {REFERENCE} minus {rival}: " + _interval_text(mean, low, high, "points")
-             + f" ({len(diffs)} seeds)") if diffs else f"no {rival} row trained"
+    shown = (
+        (
+            f"worst-class TPR, {REFERENCE} minus {rival}: "
+            + _interval_text(mean, low, high, "points")
+            + f" ({len(diffs)} seeds)"
+        )
+        if diffs
+        else f"no {rival} row trained"
+    )
     if ratio < IMBALANCE_RATIO:
-        return {"evidence": f"balanced data, {balance}: no rare classes; for information, {shown}",
-                "verdict": "not testable on this data"}
+        return {
+            "evidence": f"balanced data, {balance}: no rare classes; for information, {shown}",
+            "verdict": "not testable on this data",
+        }
     if not diffs:
         return {"evidence": f"{balance}; {shown}", "verdict": "not testable on this data"}
     return {"evidence": f"{balance}; {shown}", "verdict": report_verdict(verdict(low, high, "better"))}
@@ -482,9 +579,12 @@ def fig7_verdict(small_metrics: dict | None, metric: str = "ova_tpr") -> dict:
     best = np.max([methods[m][f"fold_mean_{metric}"] for m in others], axis=0)
     mean, _, low, high = mean_interval(100 * (ours - best))
     names = ", ".join(methods[m]["label"] for m in others)
-    return {"evidence": f"mean one-against-all TPR, ours minus the best of ({names}) per fold: "
-                        + _interval_text(mean, low, high, "points") + f" ({len(ours)} folds)",
-            "verdict": report_verdict(verdict(low, high, "better"))}
+    return {
+        "evidence": f"mean one-against-all TPR, ours minus the best of ({names}) per fold: "
+        + _interval_text(mean, low, high, "points")
+        + f" ({len(ours)} folds)",
+        "verdict": report_verdict(verdict(low, high, "better")),
+    }
 
 
 def report_verdicts(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1):
@@ -498,15 +598,45 @@ def report_verdicts(run_dir: str | os.PathLike, seed: int = 0, seeds: int = 1):
     claims = run_dir / "table1" / "claims.csv"
     probe = run_dir / "tables" / "probe_accuracy.csv"
     small = run_dir / "small" / "metrics.json"
-    rows = {"Table 1": table1_verdict(pd.read_csv(claims) if claims.exists() else None),
-            "Fig. 3": fig3_verdict(pd.read_csv(probe) if probe.exists() else None),
-            "Fig. 6": fig6_verdict(run_dir, seed, seeds),
-            "Fig. 7": fig7_verdict(read_json(small) if small.exists() else None)}
-    return pd.DataFrame([{"item": k, "paper's claim": PAPER_CLAIMS[k], "this run's evidence": r["evidence"],
-                          "verdict": r["verdict"]} for k, r in rows.items()])
+    rows = {
+        "Table 1": table1_verdict(pd.read_csv(claims) if claims.exists() else None),
+        "Fig. 3": fig3_verdict(pd.read_csv(probe) if probe.exists() else None),
+        "Fig. 6": fig6_verdict(run_dir, seed, seeds),
+        "Fig. 7": fig7_verdict(read_json(small) if small.exists() else None),
+    }
+    return pd.DataFrame(
+        [
+            {"item": k, "paper's claim": PAPER_CLAIMS[k], "this run's evidence": r["evidence"], "verdict": r["verdict"]}
+            for k, r in rows.items()
+        ]
+    )
 
 
-__all__ = ["PROTOCOL_VARIANTS", "REFERENCE", "CLAIMS", "VERDICTS", "EQUIVALENCE_MARGIN", "mean_interval",
-           "t_quantile", "verdict", "shared_stages", "row_folder", "seed_cnns", "run_protocol", "run_table1", "protocol_of",
-           "summarise", "compare", "row_label", "label_ceiling", "REPORT_VERDICTS", "PAPER_CLAIMS",
-           "report_verdict", "table1_verdict", "fig3_verdict", "fig6_verdict", "fig7_verdict", "report_verdicts"]
+__all__ = [
+    "PROTOCOL_VARIANTS",
+    "REFERENCE",
+    "CLAIMS",
+    "VERDICTS",
+    "EQUIVALENCE_MARGIN",
+    "mean_interval",
+    "t_quantile",
+    "verdict",
+    "shared_stages",
+    "row_folder",
+    "seed_cnns",
+    "run_protocol",
+    "run_table1",
+    "protocol_of",
+    "summarise",
+    "compare",
+    "row_label",
+    "label_ceiling",
+    "REPORT_VERDICTS",
+    "PAPER_CLAIMS",
+    "report_verdict",
+    "table1_verdict",
+    "fig3_verdict",
+    "fig6_verdict",
+    "fig7_verdict",
+    "report_verdicts",
+]

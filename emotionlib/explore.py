@@ -6,6 +6,7 @@ layer and channel the receptive-field box of its strongest unit on the centre cr
 built-in data an image can also be composed from its three cues and a nuisance seed with the generator itself
 (`synth.render`). The notebook holds only the widgets; everything they show comes from here.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,16 @@ from PIL import Image
 
 from . import synth
 from .ablation import top_confusions
-from .data import IMAGENET_MEAN, IMAGENET_STD, DatasetIndex, five_crop_boxes, load_image, read_split, resize_shorter, to_uint8_tensor
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetIndex,
+    five_crop_boxes,
+    load_image,
+    read_split,
+    resize_shorter,
+    to_uint8_tensor,
+)
 from .errors import ConfigError
 from .probes import branch_label, patch_box
 from .train import load_run
@@ -76,7 +86,9 @@ class Explorer:
 
     def image(self, i: int) -> Image.Image:
         if not 0 <= i < len(self.test.samples):
-            raise ConfigError(f"index {i}: the test split has {len(self.test.samples)} images (0-{len(self.test.samples) - 1})")
+            raise ConfigError(
+                f"index {i}: the test split has {len(self.test.samples)} images (0-{len(self.test.samples) - 1})"
+            )
         return load_image(self.test.samples[i].path, self.cfg.data.max_pixels)
 
     # --- what the network sees
@@ -85,7 +97,9 @@ class Explorer:
         return analyse(self.model, self.cfg, self.classes, image, layer, channel)
 
 
-def compose(factors: dict[str, str], nuisance_seed: int = 0, shift: float = 0.0, size: int | None = None) -> Image.Image:
+def compose(
+    factors: dict[str, str], nuisance_seed: int = 0, shift: float = 0.0, size: int | None = None
+) -> Image.Image:
     """An image of the built-in data's kind, rendered by its own generator from the three cues; `nuisance_seed`
     draws position, scale, hues within the palette, clutter and lighting, `shift` moves their distribution."""
     size = synth.BUILTIN["size"] if size is None else size
@@ -110,8 +124,10 @@ def analyse(model, cfg, classes: list[str], image: Image.Image, layer: str = "po
     model = model.eval()
     x, crops = five_crops(image, cfg)
     feats = model.extract(x)
-    probs = {branch_label(k, len(model.branches)): torch.softmax(lg.float(), 1).mean(0).numpy()
-             for k, (_, lg) in feats.items()}
+    probs = {
+        branch_label(k, len(model.branches)): torch.softmax(lg.float(), 1).mean(0).numpy()
+        for k, (_, lg) in feats.items()
+    }
     probs[f"{model.cfg.variant} (output)"] = torch.softmax(model.fuse(feats).float(), 1).mean(0).numpy()
     if layer not in POOLS:
         raise ConfigError(f"layer={layer!r}: choose one of {', '.join(POOLS)}")
@@ -121,8 +137,16 @@ def analyse(model, cfg, classes: list[str], image: Image.Image, layer: str = "po
     flat = int(m[channel].argmax())
     row, col = divmod(flat, m.shape[2])
     box = patch_box(model.cfg, layer, row, col, *crops.shape[1:3])
-    return {"classes": list(classes), "crops": crops, "probs": probs, "layer": layer, "channel": channel,
-            "unit": (row, col), "activation": float(m[channel, row, col]), "box": box}
+    return {
+        "classes": list(classes),
+        "crops": crops,
+        "probs": probs,
+        "layer": layer,
+        "channel": channel,
+        "unit": (row, col),
+        "activation": float(m[channel, row, col]),
+        "box": box,
+    }
 
 
 def probability_table(result: dict) -> pd.DataFrame:
@@ -137,8 +161,10 @@ def describe(result: dict) -> str:
     out = list(result["probs"])[-1]
     p = result["probs"][out]
     c = int(p.argmax())
-    return (f"prediction: {result['classes'][c]} ({p[c]:.2f}) | {result['layer']} channel {result['channel']}: "
-            f"strongest unit {result['unit']}, box {result['box']}")
+    return (
+        f"prediction: {result['classes'][c]} ({p[c]:.2f}) | {result['layer']} channel {result['channel']}: "
+        f"strongest unit {result['unit']}, box {result['box']}"
+    )
 
 
 def plot(result: dict, title: str = ""):

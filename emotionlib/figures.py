@@ -3,6 +3,7 @@
 Every figure is saved as PNG and PDF beside the notebook that shows it inline; metadata that would change from
 run to run (creation date, software version strings) is fixed, so reruns do not churn the files.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,15 @@ def setup(seed: int = 0, style: str = "whitegrid") -> None:
 
     seed_everything(seed)
     sns.set_theme(style=style, context="notebook")
-    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "savefig.bbox": "tight",
-                                "svg.hashsalt": "emotionlib", "pdf.compression": 6})
+    matplotlib.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": 120,
+            "savefig.bbox": "tight",
+            "svg.hashsalt": "emotionlib",
+            "pdf.compression": 6,
+        }
+    )
 
 
 def save_figure(fig, path: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
@@ -169,8 +177,13 @@ def plot_training_curves(summary, columns: dict[str, str], stages=None, title: s
     return fig
 
 
-def plot_accuracy(ours: dict[str, float], reference: dict[str, float] | None = None, chance: float | None = None,
-                  ours_label: str = "this run", reference_label: str = "paper (FI)"):
+def plot_accuracy(
+    ours: dict[str, float],
+    reference: dict[str, float] | None = None,
+    chance: float | None = None,
+    ours_label: str = "this run",
+    reference_label: str = "paper (FI)",
+):
     """Accuracy bars, all in %: this run's in one panel and, given a `reference`, the paper's in a panel of its own
     beside it, each titled with its source, so a number quoted from the paper on FI is never read off this run's
     axis. `chance` (in %, this run's) draws a dotted line."""
@@ -178,8 +191,13 @@ def plot_accuracy(ours: dict[str, float], reference: dict[str, float] | None = N
 
     panels = [(ours, ours_label, "C0")] + ([(reference, reference_label, "0.45")] if reference else [])
     widths = [max(len(v), 1) + 0.6 for v, _, _ in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 0.8 * sum(widths) + 1.5), 3.4), squeeze=False,
-                             gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(4.0, 0.8 * sum(widths) + 1.5), 3.4),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     for ax, (values, label, colour) in zip(axes[0], panels):
         bars = ax.bar(range(len(values)), list(values.values()), 0.6, color=colour)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
@@ -206,8 +224,15 @@ def plot_changes(changes, title: str = "largest |change| of any parameter or bat
     shown = np.ma.masked_where(v == 0, np.log10(np.where(v > 0, v, 1)))
     im = ax.imshow(shown, cmap="viridis", aspect="auto")
     for (i, j), x in np.ndenumerate(v):
-        ax.text(j, i, "0" if x == 0 else f"{x:.1g}", ha="center", va="center", fontsize=7,
-                color="black" if x == 0 else "white")
+        ax.text(
+            j,
+            i,
+            "0" if x == 0 else f"{x:.1g}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="black" if x == 0 else "white",
+        )
     ax.set_xticks(range(v.shape[1]), changes.columns)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(v.shape[0]), changes.index)
@@ -248,8 +273,9 @@ def plot_table1(table, runs, run_label: str, chance: float | None = None, ceilin
     import numpy as np
 
     y = np.arange(len(table))[::-1]
-    fig, (ax, axp) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.45 * len(table) + 1.8),
-                                  gridspec_kw={"width_ratios": [3, 1.6]})
+    fig, (ax, axp) = plt.subplots(
+        1, 2, sharey=True, figsize=(11, 0.45 * len(table) + 1.8), gridspec_kw={"width_ratios": [3, 1.6]}
+    )
     lo = (table["mean"] - table["ci_low"]).fillna(0).clip(lower=0)
     hi = (table["ci_high"] - table["mean"]).fillna(0).clip(lower=0)
     ax.barh(y, table["mean"], color="C0", alpha=0.35, xerr=[lo, hi], error_kw={"ecolor": "C0", "capsize": 3})
@@ -262,8 +288,7 @@ def plot_table1(table, runs, run_label: str, chance: float | None = None, ceilin
         ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.1f} %")
     if ceiling is not None:
         ax.axvline(ceiling, color="k", ls=":", lw=1, label=f"label-noise ceiling {ceiling:.1f} %")
-    ax.set_yticks(y, [f"{v}  ({r.split(' (')[0]})" for v, r in zip(table["variant"], table["table1_row"])],
-                  fontsize=9)
+    ax.set_yticks(y, [f"{v}  ({r.split(' (')[0]})" for v, r in zip(table["variant"], table["table1_row"])], fontsize=9)
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"test accuracy (%): mean, 95 % interval and each of {int(table['n_seeds'].max())} seeds")
     ax.set_title(run_label, fontsize=10)
@@ -292,8 +317,9 @@ def plot_claims(claims, run_label: str):
     from .experiment import EQUIVALENCE_MARGIN
 
     y = np.arange(len(claims))[::-1]
-    fig, (ax, ax_fi) = plt.subplots(1, 2, figsize=(11, 0.5 * len(claims) + 1.9), sharey=True,
-                                    gridspec_kw={"width_ratios": [3, 1]})
+    fig, (ax, ax_fi) = plt.subplots(
+        1, 2, figsize=(11, 0.5 * len(claims) + 1.9), sharey=True, gridspec_kw={"width_ratios": [3, 1]}
+    )
     ax.axvline(0, color="k", lw=0.8)
     ax_fi.axvline(0, color="k", lw=0.8)
     for yi, r in zip(y, claims.itertuples()):
@@ -307,8 +333,14 @@ def plot_claims(claims, run_label: str):
         ax.plot([r.mean_diff], [yi], "|", color=c, ms=14, mew=2)
         if not np.isnan(r.paper_FI_diff):
             ax_fi.plot([r.paper_FI_diff], [yi], "D", color="k", ms=5)
-            ax_fi.annotate(f"{r.paper_FI_diff:+.2f}", (r.paper_FI_diff, yi), xytext=(0, 6),
-                           textcoords="offset points", ha="center", fontsize=7)
+            ax_fi.annotate(
+                f"{r.paper_FI_diff:+.2f}",
+                (r.paper_FI_diff, yi),
+                xytext=(0, 6),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
     ax.set_yticks(y, [f"{r.comparison}: {r.verdict}" for r in claims.itertuples()], fontsize=9)
     ax.set_xlabel("this run: difference in test accuracy, a - b (points)")
     ax.set_title(f"Sec. 4.3's comparisons, {run_label}", fontsize=10)
@@ -334,8 +366,9 @@ def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | No
     y = np.arange(len(df))[::-1]
     kinds = df["trained"].str.startswith("head").map({True: "C0", False: "C1"})
     kinds[df["variant"].str.endswith("(fine-tuned)")] = "C2"
-    fig, (ax, axp) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.42 * len(df) + 1.6),
-                                  gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, axp) = plt.subplots(
+        1, 2, sharey=True, figsize=(11, 0.42 * len(df) + 1.6), gridspec_kw={"width_ratios": [3, 2]}
+    )
     ax.barh(y, df["this_run_test_acc"], color=list(kinds))
     for yi, v in zip(y, df["this_run_test_acc"]):
         ax.text(v + 1, yi, f"{v:.1f}", va="center", fontsize=8)
@@ -347,9 +380,11 @@ def plot_sweep(df: pd.DataFrame, run_label: str = "this run", chance: float | No
     ax.set_title(f"{run_label}")
     from matplotlib.patches import Patch
 
-    handles = [Patch(color="C0", label="head on the shared frozen CNN"),
-               Patch(color="C1", label="trains (part of) its own CNN"),
-               Patch(color="C2", label="base run, CNN fine-tuned")]
+    handles = [
+        Patch(color="C0", label="head on the shared frozen CNN"),
+        Patch(color="C1", label="trains (part of) its own CNN"),
+        Patch(color="C2", label="base run, CNN fine-tuned"),
+    ]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0][:1], loc="lower right", fontsize=8)
     paper = df["paper_FI_acc"].astype(float)
     has = paper.notna().to_numpy()
@@ -383,9 +418,21 @@ def plot_confusions(confusion, classes: Sequence[str], run_label: str):
     # 12.5 inches: a notebook shows it near its own size, so the 8-point numbers stay readable
     fig, axes = plt.subplots(1, 4, figsize=(12.5, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.05]})
     for i, (ax, (title, (cm, names))) in enumerate(zip(axes, panels.items())):
-        sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8},
-                    square=True, cbar=i == 2, cbar_ax=axes[3] if i == 2 else None, xticklabels=names,
-                    yticklabels=names, ax=ax)
+        sns.heatmap(
+            cm,
+            vmin=0,
+            vmax=1,
+            cmap="Blues",
+            annot=True,
+            fmt=".2f",
+            annot_kws={"fontsize": 8},
+            square=True,
+            cbar=i == 2,
+            cbar_ax=axes[3] if i == 2 else None,
+            xticklabels=names,
+            yticklabels=names,
+            ax=ax,
+        )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true" if i == 0 else "")
@@ -402,8 +449,19 @@ def plot_confusion(confusion, classes, title: str, ax=None):
     cm = row_normalise(confusion)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.6))
-    sns.heatmap(cm, vmin=0, vmax=1, cmap="Blues", annot=True, fmt=".2f", annot_kws={"fontsize": 8}, square=True,
-                xticklabels=list(classes), yticklabels=list(classes), ax=ax)
+    sns.heatmap(
+        cm,
+        vmin=0,
+        vmax=1,
+        cmap="Blues",
+        annot=True,
+        fmt=".2f",
+        annot_kws={"fontsize": 8},
+        square=True,
+        xticklabels=list(classes),
+        yticklabels=list(classes),
+        ax=ax,
+    )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -456,16 +514,25 @@ def plot_architecture(cfg):
         off = 0.22 * n_at.get(col, 0)
         n_at[col] = n_at.get(col, 0) + 1
         dim = feats[key][0].shape[1]
-        box(col + off, 2.5 - off, f"{key}: 1x1 conv {m.branch_channels}\nFC {m.branch_fc} -> FC_{t}\nV_{t}: {dim}",
-            "#fde2c8")
+        box(
+            col + off,
+            2.5 - off,
+            f"{key}: 1x1 conv {m.branch_channels}\nFC {m.branch_fc} -> FC_{t}\nV_{t}: {dim}",
+            "#fde2c8",
+        )
         arrow((col, 3.8 - 0.32), (col + off, 2.5 - off + 0.32))
     main_dim = feats["main"][0].shape[1]
     box(5, 2.5, f"main: 1x1 conv {m.branch_channels}\nFC {m.main_fc}", "#fde2c8")
     arrow((len(pools), 3.8 - 0.32), (5, 2.5 + 0.32))
     if side:
-        box(4, 1.35, f"FC_5 over concat(FC_1..FC_{len(side)}, FC)\n"
-                     f"{len(side)} x {m.branch_feature} + {m.main_fc} -> V_{len(side) + 1}: {main_dim}",
-            "#f9c99b", w=1.9)
+        box(
+            4,
+            1.35,
+            f"FC_5 over concat(FC_1..FC_{len(side)}, FC)\n"
+            f"{len(side)} x {m.branch_feature} + {m.main_fc} -> V_{len(side) + 1}: {main_dim}",
+            "#f9c99b",
+            w=1.9,
+        )
         for col in sorted(n_at):
             arrow((col, 2.5 - 0.32), (3.1, 1.35 + 0.1))
         arrow((5, 2.5 - 0.32), (4.9, 1.35 + 0.2))
@@ -477,15 +544,16 @@ def plot_architecture(cfg):
         head = f"{fusion} over V_1..V_{T} -> FC -> softmax ({m.num_classes})"
     else:
         dirs = 2 if fusion.startswith("bi") else 1
-        head = (f"{'Bi-' if dirs == 2 else ''}{fusion.removeprefix('bi').upper()} over V_1..V_{T} "
-                f"(hidden {m.rnn_hidden}{', both directions' if dirs == 2 else ''})\n"
-                f"H: {dirs * m.rnn_hidden} -> dropout -> FC -> softmax ({m.num_classes})")
+        head = (
+            f"{'Bi-' if dirs == 2 else ''}{fusion.removeprefix('bi').upper()} over V_1..V_{T} "
+            f"(hidden {m.rnn_hidden}{', both directions' if dirs == 2 else ''})\n"
+            f"H: {dirs * m.rnn_hidden} -> dropout -> FC -> softmax ({m.num_classes})"
+        )
     box(2.2, 0.0, head, "#d5ecd4", w=3.4, h=0.7)
     arrow((3.4, 1.35 - 0.32) if side else (5, 2.5 - 0.32), (2.6, 0.36))
     if side and fusion not in ("softmax",):
         ax.text(0.3, 0.75, f"V_1..V_{len(side)}: the branches' FC_k\nV_{T}: FC_5", fontsize=7.5, color="0.3")
-    ax.set_title(f"{m.variant}, {cfg.profile} profile, {crop}-px crops (RF: theoretical receptive field)",
-                 fontsize=10)
+    ax.set_title(f"{m.variant}, {cfg.profile} profile, {crop}-px crops (RF: theoretical receptive field)", fontsize=10)
 
     # what each stage trains: stages x modules, filled where the stage trains the module
     stages = model.cnn_stages()
@@ -506,8 +574,7 @@ def plot_architecture(cfg):
     axs.set_yticks(np.arange(-0.5, len(stages) + 1), minor=True)
     axs.grid(which="minor", color="w", lw=1)
     axs.grid(which="major", visible=False)
-    axs.set_title("what each stage trains" + ("\n(fusion: head; CNN fine-tuned, pale)" if finetune else ""),
-                  fontsize=9)
+    axs.set_title("what each stage trains" + ("\n(fusion: head; CNN fine-tuned, pale)" if finetune else ""), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -575,10 +642,12 @@ def plot_top_patches(tops: Sequence[ChannelTop], part: DatasetIndex, cfg: Config
             left, top, right, bottom = patch_box(cfg.model, t.layer, t.rows[j], t.cols[j], *img.shape[:2])
             ax.imshow(img[top:bottom, left:right], interpolation="nearest")
             ax.set_title(f"{t.values[j]:.2f}", fontsize=7, pad=2)
-        axes[r][0].set_ylabel(f"{t.layer} ch {t.channel}\nRF {size} px", fontsize=8, rotation=0, ha="right",
-                              va="center")
-    fig.suptitle("top activations inside each unit's theoretical receptive field (centre crops, test split)",
-                 fontsize=10)
+        axes[r][0].set_ylabel(
+            f"{t.layer} ch {t.channel}\nRF {size} px", fontsize=8, rotation=0, ha="right", va="center"
+        )
+    fig.suptitle(
+        "top activations inside each unit's theoretical receptive field (centre crops, test split)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -589,8 +658,16 @@ def plot_probes(df: pd.DataFrame, title: str = "linear probe accuracy (chance 0.
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(1.4 * df.shape[1] + 2.6, 0.55 * df.shape[0] + 1.4))
-    sns.heatmap(df.astype(float), vmin=0.5, vmax=1.0, cmap="viridis", annot=True, fmt=".2f", ax=ax,
-                cbar_kws={"label": "test accuracy"})
+    sns.heatmap(
+        df.astype(float),
+        vmin=0.5,
+        vmax=1.0,
+        cmap="viridis",
+        annot=True,
+        fmt=".2f",
+        ax=ax,
+        cbar_kws={"label": "test accuracy"},
+    )
     ax.set_xlabel("factor (synthetic data)")
     ax.set_ylabel("")
     ax.set_title(title)
@@ -613,8 +690,9 @@ def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: tra
     levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
     baselines = [s for s in table["source"].unique() if s not in SOURCES]
     lines = iter([dict(color="C2", ls="--"), dict(color="C3", ls="-."), dict(color="C4", ls=(0, (5, 1)))])
-    styles = {s: dict(color="0.2", ls=":") if s == MAJORITY else next(lines, dict(color="C5", ls="--"))
-              for s in baselines}
+    styles = {
+        s: dict(color="0.2", ls=":") if s == MAJORITY else next(lines, dict(color="C5", ls="--")) for s in baselines
+    }
     colours, width, x = {SOURCES[0]: "C0", SOURCES[1]: "0.72"}, 0.38, np.arange(len(levels))
     fig, axes = plt.subplots(1, len(cues), figsize=(3.3 * len(cues) + 0.4, 3.9), sharey=True, squeeze=False)
     for ax, cue in zip(axes[0], cues):
@@ -626,13 +704,14 @@ def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: tra
             pos = x + (k - 0.5) * width
             ax.bar(pos, means[source].to_numpy(), width, color=colours[source], label=source, zorder=2)
             px, y = pos[[levels.index(lv) for lv in acc["level"]]], acc["accuracy"].to_numpy()
-            ax.scatter(px[y >= FLOOR], y[y >= FLOOR], s=9, color="black", zorder=3,
-                       label="one seed" if k == 0 else None)
-            ax.scatter(px[y < FLOOR], np.full((y < FLOOR).sum(), FLOOR + 0.015), marker="v", s=14, color="black",
-                       zorder=3)  # off the scale: a triangle on the floor says so
+            ax.scatter(
+                px[y >= FLOOR], y[y >= FLOOR], s=9, color="black", zorder=3, label="one seed" if k == 0 else None
+            )
+            ax.scatter(
+                px[y < FLOOR], np.full((y < FLOOR).sum(), FLOOR + 0.015), marker="v", s=14, color="black", zorder=3
+            )  # off the scale: a triangle on the floor says so
         for source in baselines:
-            ax.axhline(t[t["source"] == source]["accuracy"].mean(), lw=1.3, label=source, zorder=4,
-                       **styles[source])
+            ax.axhline(t[t["source"] == source]["accuracy"].mean(), lw=1.3, label=source, zorder=4, **styles[source])
         gain = means[SOURCES[0]] - means[SOURCES[1]]
         ax.set_xticks(x, [f"{lv.replace(' (', chr(10) + '(')}\n{g:+.2f}" for lv, g in gain.items()], fontsize=8)
         ax.set_ylim(FLOOR, 1.0)
@@ -641,8 +720,14 @@ def plot_controlled_probes(table: pd.DataFrame, title: str = "linear probes: tra
     axes[0][0].set_ylabel("probe test accuracy")
     handles, labels = axes[0][0].get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: (labels[i] not in SOURCES, labels[i] != "one seed"))
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=len(labels),
-               fontsize=8, frameon=False)
+    fig.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="lower center",
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(f"{title} (under each level: gain = trained - random init)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
@@ -693,9 +778,19 @@ def plot_boxes_on_image(image, boxes: dict, title: str = "", size: float = 4.2):
         clipped = (left, top, right, bottom) == (0, 0, w, h)
         # inset by a fraction of a pixel per box so that boxes clipped at the same border stay visible
         inset = 0.4 * k
-        ax.add_patch(Rectangle((left + inset, top + inset), right - left - 2 * inset, bottom - top - 2 * inset,
-                               fill=False, lw=2, ls="--" if clipped else "-", color=f"C{k}", label=label,
-                               path_effects=[pe.withStroke(linewidth=3.5, foreground="white")]))  # any image
+        ax.add_patch(
+            Rectangle(
+                (left + inset, top + inset),
+                right - left - 2 * inset,
+                bottom - top - 2 * inset,
+                fill=False,
+                lw=2,
+                ls="--" if clipped else "-",
+                color=f"C{k}",
+                label=label,
+                path_effects=[pe.withStroke(linewidth=3.5, foreground="white")],
+            )
+        )  # any image
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_xticks([])

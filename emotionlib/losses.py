@@ -1,4 +1,5 @@
 """The losses of Sec. 3.2 (Eq. 1-5, branch training) and Sec. 3.3 (Eq. 11, fusion training)."""
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,14 @@ def contrastive_loss(va: torch.Tensor, vb: torch.Tensor, same: torch.Tensor, mar
     return (same * d2 + (1 - same) * F.relu(margin - d2)).mean()
 
 
-def multitask_loss(logits: torch.Tensor, features: torch.Tensor, targets: torch.Tensor, margin: float = 1.0,
-                   contrastive_weight: float = 1.0, normalize: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+def multitask_loss(
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    margin: float = 1.0,
+    contrastive_weight: float = 1.0,
+    normalize: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 5 for a batch of pairs: L = L_cls(V_a) + L_cls(V_b) + [l=1] L+ + [l=-1] L-, averaged over pairs.
 
     L_cls is the negative log-likelihood of the softmax of Eq. 1-2 (cross-entropy on the logits W V).
@@ -49,8 +56,9 @@ def l2_norm(weights: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((w.float() ** 2).sum() for w in weights))
 
 
-def fusion_loss(logits: torch.Tensor, targets: torch.Tensor, weights: list[torch.Tensor], lam: float = 0.5,
-                squared: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+def fusion_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: list[torch.Tensor], lam: float = 0.5, squared: bool = False
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 11: L = L_cls(H) + lambda * ||theta||_2, theta the Bi-GRU's weight matrices, lambda = 0.5 (Sec. 4.1).
 
     Why a norm in the loss and not the optimiser's weight decay: Eq. 11 prints the L2 *norm*, not its square.
@@ -62,7 +70,7 @@ def fusion_loss(logits: torch.Tensor, targets: torch.Tensor, weights: list[torch
     cls = F.cross_entropy(logits.float(), targets)
     if weights and lam:
         reg = l2_norm(weights)
-        reg = reg ** 2 if squared else reg
+        reg = reg**2 if squared else reg
     else:
         reg = logits.new_zeros((), dtype=torch.float32)
     total = cls + lam * reg

@@ -5,6 +5,7 @@ main branch (concat[FC_1..FC_4, FC] -> FC_5) -> fusion over the sequence V_1..V_
 Choices the paper leaves open are marked "(ours)" and listed in the README's table of deviations; the
 reconstruction, and the reasoning behind each choice, is docs/architecture.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -94,8 +95,12 @@ class ModelConfig:
     def taps(self) -> tuple[str, ...]:
         """Where the side branches tap the trunk. 5 branches = pool1..pool4 + main (Fig. 2);
         4 = pool1..pool3 + main; 6 = conv1 (stage 1 before pooling, ours) + pool1..pool4 + main."""
-        return {0: (), 4: ("pool1", "pool2", "pool3"), 5: ("pool1", "pool2", "pool3", "pool4"),
-                6: ("conv1", "pool1", "pool2", "pool3", "pool4")}[self.n_branches]
+        return {
+            0: (),
+            4: ("pool1", "pool2", "pool3"),
+            5: ("pool1", "pool2", "pool3", "pool4"),
+            6: ("conv1", "pool1", "pool2", "pool3", "pool4"),
+        }[self.n_branches]
 
     def stage_channels(self) -> list[int]:
         return [max(8, int(round(c * self.width))) for c in self.channels]
@@ -152,8 +157,9 @@ class Trunk(nn.Module):
         super().__init__()
         ch = cfg.stage_channels()
         k = cfg.conv_kernel
-        self.stages = nn.ModuleList([TrunkStage(3, ch[0], cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding,
-                                                cfg.batch_norm)])
+        self.stages = nn.ModuleList(
+            [TrunkStage(3, ch[0], cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding, cfg.batch_norm)]
+        )
         for cin, cout in zip(ch[:-1], ch[1:]):
             self.stages.append(TrunkStage(cin, cout, k, 1, k // 2, cfg.batch_norm))
 
@@ -193,8 +199,9 @@ class Branch(nn.Module):
         super().__init__()
         p, c = cfg.branch_pool, cfg.branch_channels
         self.reduce = _reduce(cin, cfg)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * p * p, cfg.branch_fc), nn.ReLU(inplace=True),
-                                nn.Dropout(cfg.branch_dropout))
+        self.fc = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * p * p, cfg.branch_fc), nn.ReLU(inplace=True), nn.Dropout(cfg.branch_dropout)
+        )
         self.fc_i = nn.Sequential(nn.Linear(cfg.branch_fc, cfg.branch_feature), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(cfg.branch_feature, cfg.num_classes)
 
@@ -215,11 +222,13 @@ class MainBranch(nn.Module):
         p, c = cfg.branch_pool, cfg.branch_channels
         self.reduce = _reduce(cin, cfg)
         drop = nn.Dropout(cfg.branch_dropout)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * p * p, cfg.main_fc), nn.ReLU(inplace=True),
-                                *([drop] if n_side else []))
+        self.fc = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * p * p, cfg.main_fc), nn.ReLU(inplace=True), *([drop] if n_side else [])
+        )
         if n_side:
-            self.fc_5 = nn.Sequential(nn.Linear(n_side * cfg.branch_feature + cfg.main_fc, cfg.fused_feature),
-                                      nn.ReLU(inplace=True))
+            self.fc_5 = nn.Sequential(
+                nn.Linear(n_side * cfg.branch_feature + cfg.main_fc, cfg.fused_feature), nn.ReLU(inplace=True)
+            )
             out = cfg.fused_feature
         else:
             self.fc_5 = nn.Identity()
@@ -455,8 +464,9 @@ class UnifiedCNNRNN(nn.Module):
         depth = 4 if need_main else max(tap_stage(keys[k]) for k in heads) + 1
         return self.heads_from_maps(self.trunk(x, depth), heads)
 
-    def heads_from_maps(self, maps: dict[str, torch.Tensor],
-                        heads: list[str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def heads_from_maps(
+        self, maps: dict[str, torch.Tensor], heads: list[str] | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """extract() on trunk maps computed already: CNNs that share one trunk need one trunk pass."""
         heads = self.feature_keys if heads is None else heads
         keys = {_branch_key(t): t for t in self.taps}
@@ -502,11 +512,17 @@ class UnifiedCNNRNN(nn.Module):
 
 def trunk_layers(cfg: ModelConfig) -> list[tuple[str, int, int, int]]:
     """(name, kernel, stride, padding) of every spatial layer of the trunk, in order."""
-    layers = [("conv1", cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding), ("conv1_1x1", 1, 1, 0),
-              ("pool1", 3, 2, 0)]
+    layers = [
+        ("conv1", cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding),
+        ("conv1_1x1", 1, 1, 0),
+        ("pool1", 3, 2, 0),
+    ]
     for s in range(2, 5):
-        layers += [(f"conv{s}", cfg.conv_kernel, 1, cfg.conv_kernel // 2), (f"conv{s}_1x1", 1, 1, 0),
-                   (f"pool{s}", 3, 2, 0)]
+        layers += [
+            (f"conv{s}", cfg.conv_kernel, 1, cfg.conv_kernel // 2),
+            (f"conv{s}_1x1", 1, 1, 0),
+            (f"pool{s}", 3, 2, 0),
+        ]
     return layers
 
 
@@ -536,4 +552,3 @@ def receptive_field(cfg: ModelConfig, layer: str) -> tuple[int, int, float]:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-

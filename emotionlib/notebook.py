@@ -1,5 +1,6 @@
 """The helpers the notebooks share: one configuration for the whole pipeline, per-branch evaluation, what each
 training stage changed, the paper's GRU cell as an nn.GRUCell, and a run's result beside the paper's."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,6 @@ from typing import Any, Sequence
 from .config import PROFILE_SETTINGS
 from .pipeline import ensure_data
 from .threads import set_threads  # the notebooks' thread parameter (torch imported on use)
-
 
 
 #: The test accuracy each profile must beat for the notebooks to print True (config.PROFILE_SETTINGS).
@@ -56,8 +56,7 @@ def branch_accuracy(run_dir: str | os.PathLike, checkpoint: str = "stage-main.pt
     for split in ("test", "val"):
         if not parts[split].samples:
             continue
-        _, per_key, y, _ = predict_all(model, make_loader(parts[split], classes, cfg, train=False), dev,
-                                       cfg.train.amp)
+        _, per_key, y, _ = predict_all(model, make_loader(parts[split], classes, cfg, train=False), dev, cfg.train.amp)
         for k in model.feature_keys:
             rows[k][f"{split}_acc"] = accuracy(per_key[k], y)
             rows[k][f"n_{split}"] = len(y)
@@ -156,15 +155,31 @@ def result_table(run_dir: str | os.PathLike):
     m = read_json(run_dir / "metrics.json")
     d = data_description(run_dir)
     v = m["variant"]
-    rows = [{"source": "this run", "model": TABLE1_ROW.get(v, v), "dataset": d["dataset"], "profile": d["profile"],
-             "test images": m["n_test"], "accuracy (%)": round(100 * m["test_accuracy"], 2),
-             "mean TPR (%)": round(100 * m["mean_tpr"], 2)}]
+    rows = [
+        {
+            "source": "this run",
+            "model": TABLE1_ROW.get(v, v),
+            "dataset": d["dataset"],
+            "profile": d["profile"],
+            "test images": m["n_test"],
+            "accuracy (%)": round(100 * m["test_accuracy"], 2),
+            "mean TPR (%)": round(100 * m["mean_tpr"], 2),
+        }
+    ]
     if v in TABLE1_VARIANTS:
         # mean TPR: the diagonal of the paper's Fig. 6, which shows the 5-branch Bi-GRU only
         tpr = round(100 * float(np.diag(FIG6_OURS).mean()), 2) if v in ("bigru", "bigru5") else None
-        rows.append({"source": "paper, Table 1 / Fig. 6", "model": TABLE1_ROW[v], "dataset": "FI",
-                     "profile": "paper", "test images": FI_SPLIT["test"], "accuracy (%)": TABLE1_VARIANTS[v],
-                     "mean TPR (%)": tpr})
+        rows.append(
+            {
+                "source": "paper, Table 1 / Fig. 6",
+                "model": TABLE1_ROW[v],
+                "dataset": "FI",
+                "profile": "paper",
+                "test images": FI_SPLIT["test"],
+                "accuracy (%)": TABLE1_VARIANTS[v],
+                "mean TPR (%)": tpr,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -178,9 +193,13 @@ def data_description(run_dir: str | os.PathLike) -> dict[str, Any]:
     cfg = read_json(run_dir / "config.json")["config"]
     root = Path(meta["data_root"])
     synthetic = (root / "synth_meta.json").exists()
-    out = {"dataset": "built-in synthetic data (emotionlib.synth)" if synthetic else f"the dataset in {root.name}/",
-           "synthetic": synthetic, "profile": cfg["profile"], "variant": cfg["model"]["variant"],
-           "classes": len(meta["classes"])}
+    out = {
+        "dataset": "built-in synthetic data (emotionlib.synth)" if synthetic else f"the dataset in {root.name}/",
+        "synthetic": synthetic,
+        "profile": cfg["profile"],
+        "variant": cfg["model"]["variant"],
+        "classes": len(meta["classes"]),
+    }
     metrics = run_dir / "metrics.json"
     if metrics.exists():
         m = read_json(metrics)
@@ -204,11 +223,25 @@ def stage_lines(run_dir: str | os.PathLike, stages: Sequence[str] | None = None)
         part = [r for r in rows if r["stage"] == name]
         last = part[-1]
         val = float(last["val_acc"]) if last.get("val_acc") not in (None, "") else math.nan
-        out.append(f"{name:>8}: {len(part)} epochs, train loss {float(last['train_loss']):.3f}, "
-                   f"train acc {100 * float(last['train_acc']):.1f} %, val acc "
-                   f"{'-' if math.isnan(val) else f'{100 * val:.1f} %'}")
+        out.append(
+            f"{name:>8}: {len(part)} epochs, train loss {float(last['train_loss']):.3f}, "
+            f"train acc {100 * float(last['train_acc']):.1f} %, val acc "
+            f"{'-' if math.isnan(val) else f'{100 * val:.1f} %'}"
+        )
     return out
 
 
-__all__ = ["ACCURACY_FLOORS", "pipeline_config", "ensure_data", "open_stage_model", "branch_accuracy",
-           "stage_changes", "paper_cell_as_torch", "skipped_frame", "result_table", "data_description", "stage_lines", "set_threads"]
+__all__ = [
+    "ACCURACY_FLOORS",
+    "pipeline_config",
+    "ensure_data",
+    "open_stage_model",
+    "branch_accuracy",
+    "stage_changes",
+    "paper_cell_as_torch",
+    "skipped_frame",
+    "result_table",
+    "data_description",
+    "stage_lines",
+    "set_threads",
+]

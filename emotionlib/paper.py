@@ -2,6 +2,7 @@
 
 Source: Zhu et al. (IJCAI 2017), Table 1 and Fig. 6, measured on FI (You et al. 2016), 8 classes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,15 +28,28 @@ TABLE1 = {
 
 #: our variant name -> Table 1 accuracy (%); max/avg have no row in Table 1.
 TABLE1_VARIANTS = {
-    "softmax": 59.61, "ensemble": 66.78, "lstm": 70.52, "bilstm": 72.24, "gru": 71.33,
-    "bigru4": 69.75, "bigru6": 72.97, "bigru": 73.03, "bigru5": 73.03,
+    "softmax": 59.61,
+    "ensemble": 66.78,
+    "lstm": 70.52,
+    "bilstm": 72.24,
+    "gru": 71.33,
+    "bigru4": 69.75,
+    "bigru6": 72.97,
+    "bigru": 73.03,
+    "bigru5": 73.03,
 }
 
 #: Table 1 row label of each of our variant names.
 TABLE1_ROW = {
-    "softmax": "CNN+W/O Branch+Softmax", "ensemble": "CNN+5 Branches+Ensemble", "lstm": "CNN+5 Branches+LSTM",
-    "bilstm": "CNN+5 Branches+Bi-LSTM", "gru": "CNN+5 Branches+GRU", "bigru4": "CNN+4 Branches+Bi-GRU",
-    "bigru6": "CNN+6 Branches+Bi-GRU", "bigru": "CNN+5 Branches+Bi-GRU", "bigru5": "CNN+5 Branches+Bi-GRU",
+    "softmax": "CNN+W/O Branch+Softmax",
+    "ensemble": "CNN+5 Branches+Ensemble",
+    "lstm": "CNN+5 Branches+LSTM",
+    "bilstm": "CNN+5 Branches+Bi-LSTM",
+    "gru": "CNN+5 Branches+GRU",
+    "bigru4": "CNN+4 Branches+Bi-GRU",
+    "bigru6": "CNN+6 Branches+Bi-GRU",
+    "bigru": "CNN+5 Branches+Bi-GRU",
+    "bigru5": "CNN+5 Branches+Bi-GRU",
 }
 
 # Fig. 6: row-normalised confusion matrices (rows: true class, columns: predicted), in CLASSES order.
@@ -57,5 +71,13 @@ FI_SPLIT = {"train": 18532, "test": 3474, "val": 1158}  # Sec. 4.3
 
 #: FI's images per class as later work reports them (data/README.md; You et al. 2016 publish 23,308 in all): not
 #: balanced - anger and fear are about 5 % of FI each, the rare classes Fig. 6's "more balanced" reading is about.
-FI_CLASS_COUNTS = {"amusement": 4942, "anger": 1266, "awe": 3151, "contentment": 5374, "disgust": 1658,
-                   "excitement": 2963, "fear": 1032, "sadness": 2922}
+FI_CLASS_COUNTS = {
+    "amusement": 4942,
+    "anger": 1266,
+    "awe": 3151,
+    "contentment": 5374,
+    "disgust": 1658,
+    "excitement": 2963,
+    "fear": 1032,
+    "sadness": 2922,
+}

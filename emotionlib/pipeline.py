@@ -6,6 +6,7 @@ files in the run folder, so a rerun can skip every notebook whose executed copy 
 
 The helpers the notebooks share are in emotionlib.notebook.
 """
+
 from __future__ import annotations
 
 import ast
@@ -70,7 +71,9 @@ def declared_parameters(path: str | os.PathLike) -> dict[str, str]:
         raise ConfigError(f"{path}: the `parameters` cell is not valid Python (line {e.lineno})") from None
     out = {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         for t in targets:
             if isinstance(t, ast.Name) and node.value is not None:
                 out[t.id] = ast.get_source_segment(cell.source, node.value)
@@ -83,8 +86,10 @@ def check_parameters(paths: list[Path], params: dict[str, Any]) -> None:
     for p in paths:
         missing = sorted(set(params) - set(declared_parameters(p)))
         if missing:
-            raise ConfigError(f"{p.name} declares no parameter {', '.join(missing)} in its `parameters` cell; add it "
-                              "there or do not pass it")
+            raise ConfigError(
+                f"{p.name} declares no parameter {', '.join(missing)} in its `parameters` cell; add it "
+                "there or do not pass it"
+            )
 
 
 def check_kernel(name: str) -> None:
@@ -95,12 +100,15 @@ def check_kernel(name: str) -> None:
         ksm.get_kernel_spec(name)
     except NoSuchKernel:
         have = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
-        raise ConfigError(f"--kernel {name}: no such Jupyter kernel (installed: {have}); `make setup` installs "
-                          f"{DEFAULT_KERNEL!r}, or pass --kernel NAME") from None
+        raise ConfigError(
+            f"--kernel {name}: no such Jupyter kernel (installed: {have}); `make setup` installs "
+            f"{DEFAULT_KERNEL!r}, or pass --kernel NAME"
+        ) from None
 
 
-def executed_copy_state(path: str | os.PathLike, params: dict[str, Any],
-                        source: str | os.PathLike | None = None) -> str | None:
+def executed_copy_state(
+    path: str | os.PathLike, params: dict[str, Any], source: str | os.PathLike | None = None
+) -> str | None:
     """Why the executed copy at `path` must be run again, or None if it is complete: it exists, every code cell
     ran, no cell holds an error, it ran with these parameters and (given `source`) the same code."""
     import nbformat
@@ -125,8 +133,11 @@ def executed_copy_state(path: str | os.PathLike, params: dict[str, Any],
 
 
 def _code(nb) -> list[str]:
-    return [c.source for c in nb.cells if c.cell_type == "code"
-            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    return [
+        c.source
+        for c in nb.cells
+        if c.cell_type == "code" and "injected-parameters" not in c.get("metadata", {}).get("tags", [])
+    ]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -169,9 +180,17 @@ def _engine():
     return "emotionlib"
 
 
-def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[str, Any], *,
-                  kernel: str = DEFAULT_KERNEL, force: bool = False, cwd: str | os.PathLike | None = None,
-                  progress: bool = True, local: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def run_notebooks(
+    paths: list[Path],
+    out_dir: str | os.PathLike,
+    params: dict[str, Any],
+    *,
+    kernel: str = DEFAULT_KERNEL,
+    force: bool = False,
+    cwd: str | os.PathLike | None = None,
+    progress: bool = True,
+    local: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Execute `paths` in order into `out_dir` (same file names) with `params`; return one record per notebook.
     `local` parameters go only to the notebooks that declare them (notebook 07's small dataset); each must be
     declared by at least one.
@@ -192,15 +211,18 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
     declared = {p: set(declared_parameters(p)) for p in paths}
     unused = sorted(set(local) - set().union(*declared.values()))
     if unused:
-        raise ConfigError(f"no notebook declares the parameter {', '.join(unused)}; add it to the notebook that "
-                          "needs it or do not pass it")
+        raise ConfigError(
+            f"no notebook declares the parameter {', '.join(unused)}; add it to the notebook that "
+            "needs it or do not pass it"
+        )
     each = {p: {**params, **{k: v for k, v in local.items() if k in declared[p]}} for p in paths}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cwd = Path(cwd) if cwd is not None else paths[0].parent
     engine = _engine()
-    plan = [(p, out_dir / p.name, "forced" if force else executed_copy_state(out_dir / p.name, each[p], p))
-            for p in paths]
+    plan = [
+        (p, out_dir / p.name, "forced" if force else executed_copy_state(out_dir / p.name, each[p], p)) for p in paths
+    ]
     sizes = [len(_read(p).cells) + (1 if each[p] else 0) for p in paths]  # + papermill's injected cell
     records: list[dict[str, Any]] = []
     log = out_dir / "pipeline.json"
@@ -217,19 +239,29 @@ def run_notebooks(paths: list[Path], out_dir: str | os.PathLike, params: dict[st
             if why is None:
                 bar.update(size)
                 bar.write(f"{src.name}: complete in {_show(dst)}, skipped (--force reruns it)", file=sys.stderr)
-                records.append({"notebook": src.name, "status": "skipped",
-                                "seconds": earlier.get(src.name, {}).get("seconds")})
+                records.append(
+                    {"notebook": src.name, "status": "skipped", "seconds": earlier.get(src.name, {}).get("seconds")}
+                )
                 continue
             start = time.perf_counter()
             bar.write(f"{src.name}: running ({why})", file=sys.stderr)
             bar.set_postfix_str(src.name)
             try:
-                pm.execute_notebook(src, dst, parameters=each[src], kernel_name=kernel, cwd=str(cwd),
-                                    engine_name=engine, progress_bar=False, overall_bar=bar)
+                pm.execute_notebook(
+                    src,
+                    dst,
+                    parameters=each[src],
+                    kernel_name=kernel,
+                    cwd=str(cwd),
+                    engine_name=engine,
+                    progress_bar=False,
+                    overall_bar=bar,
+                )
             except pm.PapermillExecutionError as e:
                 evalue = (str(e.evalue).strip().splitlines() or [""])[0][:200]
-                raise NotebookError(f"{src.name} failed in cell {e.exec_count} ({e.ename}: {evalue}); the traceback "
-                                    f"is in {_show(dst)}") from None
+                raise NotebookError(
+                    f"{src.name} failed in cell {e.exec_count} ({e.ename}: {evalue}); the traceback is in {_show(dst)}"
+                ) from None
             except (DeadKernelError, CellTimeoutError) as e:  # out of memory, a crash, a hung cell
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise NotebookError(f"{src.name}: the kernel stopped ({first}); what ran is in {_show(dst)}") from None
@@ -261,8 +293,10 @@ def ensure_data(data_dir: str | os.PathLike | None = None, progress: bool = Fals
 
         return ensure(path, progress=progress, **BUILTIN)
     if not path.exists():
-        raise DataError(f"--data {path} does not exist; give the FI folder (data/README.md) or leave --data out "
-                        "for the built-in data")
+        raise DataError(
+            f"--data {path} does not exist; give the FI folder (data/README.md) or leave --data out "
+            "for the built-in data"
+        )
     return path
 
 
@@ -279,12 +313,24 @@ def _check_types(cfg, overrides: dict[str, Any]) -> None:
             raise ConfigError(f"--set {key}={value!r}: give a number (the profile's is {default})")
 
 
-def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-              kernel: str = DEFAULT_KERNEL, force: bool = False, device: str = "auto", seed: int = 0,
-              extra: dict[str, Any] | None = None, notebooks: str | os.PathLike = NOTEBOOKS,
-              progress: bool = True, seeds: int = 3, threads: int | str | None = None,
-              overrides: dict[str, Any] | None = None, small_data: str | os.PathLike | None = None,
-              layout: str | None = None, folds: int | None = None) -> Path:
+def reproduce(
+    profile: str = "smoke",
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    kernel: str = DEFAULT_KERNEL,
+    force: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+    notebooks: str | os.PathLike = NOTEBOOKS,
+    progress: bool = True,
+    seeds: int = 3,
+    threads: int | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    small_data: str | os.PathLike | None = None,
+    layout: str | None = None,
+    folds: int | None = None,
+) -> Path:
     """Run every notebook on `data` with `profile` into the run folder `out` (default runs/<profile>); Table 1's
     protocol and the probes use the seeds seed .. seed + seeds - 1 (emotionlib.experiment); `threads` is the
     kernels' intra-op thread setting (emotionlib.threads: a number, "cores" or "auto"; None: $EMOTIONLIB_THREADS,
@@ -296,8 +342,9 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     if profile not in PROFILES:
         raise ConfigError(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"--seeds {seeds!r}: give a whole number of seeds, at least 1 (3 for an interval that "
-                          "can decide)")
+        raise ConfigError(
+            f"--seeds {seeds!r}: give a whole number of seeds, at least 1 (3 for an interval that can decide)"
+        )
     paths = notebook_paths(notebooks)
     run = Path(out) if out is not None else REPO / "runs" / profile
     if run.exists() and not run.is_dir():
@@ -312,16 +359,34 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     needs_small = any("small_data_dir" in declared_parameters(p) for p in paths)
     if needs_small and small_data is None and data_path.resolve() != BUILTIN_DATA.resolve():
         # else notebook 07 would report Sec. 4.4 on the built-in stand-in beside a model trained on `data`
-        raise ConfigError(f"--data {data_path} is not the built-in data: give notebook 07's small dataset with "
-                          "--small-data DIR (and --layout artphoto or iaps)")
+        raise ConfigError(
+            f"--data {data_path} is not the built-in data: give notebook 07's small dataset with "
+            "--small-data DIR (and --layout artphoto or iaps)"
+        )
     # absolute paths: the kernels run in the notebooks folder, not where the command was typed
-    threads = (parse_threads(os.environ.get(ENV, DEFAULT), ENV) if threads is None else
-               parse_threads(threads, "--threads"))
-    params = {"profile": profile, "data_dir": str(data_path.resolve()), "run_dir": str(run.resolve()),
-              "device": device, "seed": seed, "seeds": seeds, "threads": threads, "overrides": overrides,
-              **(extra or {})}
-    local = {k: v for k, v in (("small_data_dir", None if small_data is None else str(Path(small_data).resolve())),
-                               ("layout", layout), ("folds", folds)) if v is not None}
+    threads = (
+        parse_threads(os.environ.get(ENV, DEFAULT), ENV) if threads is None else parse_threads(threads, "--threads")
+    )
+    params = {
+        "profile": profile,
+        "data_dir": str(data_path.resolve()),
+        "run_dir": str(run.resolve()),
+        "device": device,
+        "seed": seed,
+        "seeds": seeds,
+        "threads": threads,
+        "overrides": overrides,
+        **(extra or {}),
+    }
+    local = {
+        k: v
+        for k, v in (
+            ("small_data_dir", None if small_data is None else str(Path(small_data).resolve())),
+            ("layout", layout),
+            ("folds", folds),
+        )
+        if v is not None
+    }
     check_kernel(kernel)
     check_parameters(paths, params)  # before the data is generated: nothing runs on a bad command line
     ensure_data(data_path, progress=progress)
@@ -329,8 +394,16 @@ def reproduce(profile: str = "smoke", data: str | os.PathLike | None = None, out
     # library code that runs before (or without) the notebook's own set_threads(threads)
     prepare_environment(setting=params["threads"])
     os.environ[ENV] = str(params["threads"])
-    run_notebooks(paths, run / "notebooks", params, kernel=kernel, force=force, cwd=Path(notebooks),
-                  progress=progress, local=local)
+    run_notebooks(
+        paths,
+        run / "notebooks",
+        params,
+        kernel=kernel,
+        force=force,
+        cwd=Path(notebooks),
+        progress=progress,
+        local=local,
+    )
     return run
 
 
@@ -353,8 +426,12 @@ def _restore(before: str | None) -> None:
         os.environ[NO_WIDGETS_ENV] = before
 
 
-def refresh_notebooks(notebooks: str | os.PathLike = NOTEBOOKS, kernel: str = DEFAULT_KERNEL,
-                      names: list[str] | None = None, progress: bool = True) -> list[Path]:
+def refresh_notebooks(
+    notebooks: str | os.PathLike = NOTEBOOKS,
+    kernel: str = DEFAULT_KERNEL,
+    names: list[str] | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """`make notebooks`: execute the committed notebooks in place with their default parameters, so they carry the
     reference smoke run's outputs that nbval compares against. Timing metadata is dropped to keep diffs small."""
     import nbformat
@@ -373,11 +450,14 @@ def refresh_notebooks(notebooks: str | os.PathLike = NOTEBOOKS, kernel: str = DE
         for p in paths:
             bar.set_postfix_str(p.name)
             try:
-                pm.execute_notebook(p, p, kernel_name=kernel, cwd=str(p.parent), engine_name=engine,
-                                    progress_bar=False, overall_bar=bar)
+                pm.execute_notebook(
+                    p, p, kernel_name=kernel, cwd=str(p.parent), engine_name=engine, progress_bar=False, overall_bar=bar
+                )
             except pm.PapermillExecutionError as e:
-                raise NotebookError(f"{p.name} failed in cell {e.exec_count} ({e.ename}); the traceback is in "
-                                    f"{_show(p)} (git checkout it to undo)") from None
+                raise NotebookError(
+                    f"{p.name} failed in cell {e.exec_count} ({e.ename}); the traceback is in "
+                    f"{_show(p)} (git checkout it to undo)"
+                ) from None
             nb = nbformat.read(p, as_version=4)
             nb.metadata.pop("papermill", None)
             for c in nb.cells:
@@ -407,24 +487,47 @@ def _parse_param(text: str, option: str = "--param", example: str = "seed=1") ->
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="run the notebooks in order into a run folder (papermill)")
     p.add_argument("--profile", default="smoke", help="smoke (CPU, built-in data, minutes) or paper (Sec. 4.1, GPU)")
-    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the built-in data, generated "
-                                                           "into data/synthetic when missing)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset folder (default: the built-in data, generated into data/synthetic when missing)",
+    )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<profile>)")
     p.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel (default: emotionlib, from make setup)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of Table 1's protocol and the probes (default 3)")
-    p.add_argument("--threads", default=None, metavar="N|cores|auto",
-                   help="the notebook kernels' CPU threads (emotionlib.threads): a number, 'cores' (default) or "
-                        "'auto' (from the load; not reproducible across loads)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="a dotted configuration key for every notebook, e.g. --set train.stage_epochs=2 (repeatable)")
-    p.add_argument("--small-data", type=Path, default=None, help="notebook 07's small dataset (Sec. 4.4; default: "
-                                                                 "the built-in stand-in, only with the built-in data)")
+    p.add_argument(
+        "--threads",
+        default=None,
+        metavar="N|cores|auto",
+        help="the notebook kernels' CPU threads (emotionlib.threads): a number, 'cores' (default) or "
+        "'auto' (from the load; not reproducible across loads)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="a dotted configuration key for every notebook, e.g. --set train.stage_epochs=2 (repeatable)",
+    )
+    p.add_argument(
+        "--small-data",
+        type=Path,
+        default=None,
+        help="notebook 07's small dataset (Sec. 4.4; default: the built-in stand-in, only with the built-in data)",
+    )
     p.add_argument("--layout", default=None, help="the small dataset's layout: artphoto or iaps (data/README.md)")
     p.add_argument("--folds", type=int, default=None, help="cross-validation folds on the small dataset (default 5)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="one more notebook parameter (every notebook must declare it)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one more notebook parameter (every notebook must declare it)",
+    )
     p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of NN_topic.ipynb notebooks")
     p.add_argument("--force", action="store_true", help="rerun notebooks whose executed copies are complete")
     p.set_defaults(func=cmd_reproduce)
@@ -438,19 +541,45 @@ def add_parser(sub) -> None:
 
 def cmd_reproduce(a) -> int:
     extra = dict(_parse_param(t) for t in a.param)
-    options = {"profile": "--profile", "data_dir": "--data", "run_dir": "--out", "device": "--device", "seed": "--seed",
-               "seeds": "--seeds", "threads": "--threads", "overrides": "--set", "small_data_dir": "--small-data",
-               "layout": "--layout", "folds": "--folds"}
+    options = {
+        "profile": "--profile",
+        "data_dir": "--data",
+        "run_dir": "--out",
+        "device": "--device",
+        "seed": "--seed",
+        "seeds": "--seeds",
+        "threads": "--threads",
+        "overrides": "--set",
+        "small_data_dir": "--small-data",
+        "layout": "--layout",
+        "folds": "--folds",
+    }
     clash = sorted(set(extra) & set(options))
     if clash:
         raise ConfigError(f"--param {clash[0]}: use the option {options[clash[0]]} instead")
     start = time.perf_counter()
     overrides = dict(_parse_param(t, "--set", "train.stage_epochs=2") for t in a.overrides)
-    run = reproduce(a.profile, a.data, a.out, a.kernel, a.force, a.device, a.seed, extra, a.notebooks,
-                    seeds=a.seeds, threads=a.threads, overrides=overrides, small_data=a.small_data, layout=a.layout,
-                    folds=a.folds)
-    print(f"pipeline finished in {time.perf_counter() - start:.0f} s: executed notebooks in {_show(run / 'notebooks')}, "
-          f"figures in {_show(run / 'figures')}, tables in {_show(run / 'tables')}")
+    run = reproduce(
+        a.profile,
+        a.data,
+        a.out,
+        a.kernel,
+        a.force,
+        a.device,
+        a.seed,
+        extra,
+        a.notebooks,
+        seeds=a.seeds,
+        threads=a.threads,
+        overrides=overrides,
+        small_data=a.small_data,
+        layout=a.layout,
+        folds=a.folds,
+    )
+    print(
+        f"pipeline finished in {time.perf_counter() - start:.0f} s: executed notebooks in {_show(run / 'notebooks')}, "
+        f"figures in {_show(run / 'figures')}, tables in {_show(run / 'tables')}"
+    )
     return 0
 
 
@@ -461,5 +590,15 @@ def cmd_notebooks(a) -> int:
     return 0
 
 
-__all__ = ["reproduce", "run_notebooks", "refresh_notebooks", "notebook_paths", "declared_parameters",
-           "check_parameters", "executed_copy_state", "ensure_data", "NotebookError", "add_parser"]
+__all__ = [
+    "reproduce",
+    "run_notebooks",
+    "refresh_notebooks",
+    "notebook_paths",
+    "declared_parameters",
+    "check_parameters",
+    "executed_copy_state",
+    "ensure_data",
+    "NotebookError",
+    "add_parser",
+]

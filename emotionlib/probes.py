@@ -15,6 +15,7 @@ and shape information, and a colour histogram of the pixels reads the palette. `
 probes, per seed, the trained CNN beside its own untrained initialisation (`control_cnn`) and two pixel baselines;
 `probe_gain` is the trained-minus-control difference with a t-interval over seeds.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,13 @@ class ChannelTop:
 
 
 @torch.inference_mode()
-def layer_maxima(model: UnifiedCNNRNN, part: DatasetIndex, cfg: Config, layers: Sequence[str] = LAYERS,
-                 device: str | torch.device | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def layer_maxima(
+    model: UnifiedCNNRNN,
+    part: DatasetIndex,
+    cfg: Config,
+    layers: Sequence[str] = LAYERS,
+    device: str | torch.device | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For every image's centre crop and every channel of each layer: the peak activation and where it is.
     Returns layer -> (values, rows, cols), each (N, channels)."""
     dev = resolve_device(cfg.train.device) if device is None else torch.device(device)
@@ -110,9 +116,16 @@ def choose_channels(values: np.ndarray, n: int = 3, top_k: int = 6, rule: str = 
     return [(c, float(score[c])) for c in order[:n]]
 
 
-def top_patches(model: UnifiedCNNRNN, part: DatasetIndex, cfg: Config, layers: Sequence[str] = LAYERS,
-                n_channels: int = 3, top_k: int = 6, rule: str = "selective",
-                device: str | torch.device | None = None) -> list[ChannelTop]:
+def top_patches(
+    model: UnifiedCNNRNN,
+    part: DatasetIndex,
+    cfg: Config,
+    layers: Sequence[str] = LAYERS,
+    n_channels: int = 3,
+    top_k: int = 6,
+    rule: str = "selective",
+    device: str | torch.device | None = None,
+) -> list[ChannelTop]:
     """Fig. 3's selection: per layer, n_channels channels and their top_k images (one patch per image, at the
     unit where the channel peaks), over the centre crops of `part`."""
     if not part.samples:
@@ -121,16 +134,32 @@ def top_patches(model: UnifiedCNNRNN, part: DatasetIndex, cfg: Config, layers: S
     for layer, (vals, rows, cols) in layer_maxima(model, part, cfg, layers, device).items():
         for c, score in choose_channels(vals, n_channels, top_k, rule):
             best = np.argsort(-vals[:, c], kind="stable")[:top_k]
-            out.append(ChannelTop(layer, c, score, [int(i) for i in best], [int(rows[i, c]) for i in best],
-                                  [int(cols[i, c]) for i in best], [float(vals[i, c]) for i in best]))
+            out.append(
+                ChannelTop(
+                    layer,
+                    c,
+                    score,
+                    [int(i) for i in best],
+                    [int(rows[i, c]) for i in best],
+                    [int(cols[i, c]) for i in best],
+                    [float(vals[i, c]) for i in best],
+                )
+            )
     return out
 
 
 def _centre_crops(samples, part: DatasetIndex, cfg: Config):
     """The centre crop (FiveCrop's fifth box, Sec. 4.1) of each sample as an (H, W, 3) uint8 array: the pixels
     extract_features(..., "center") feeds the CNN, before normalisation."""
-    ds = EmotionDataset(samples, part.class_to_idx, resize=cfg.data.resize, crop=cfg.data.crop, train=False,
-                        max_pixels=cfg.data.max_pixels, cache=False)
+    ds = EmotionDataset(
+        samples,
+        part.class_to_idx,
+        resize=cfg.data.resize,
+        crop=cfg.data.crop,
+        train=False,
+        max_pixels=cfg.data.max_pixels,
+        cache=False,
+    )
     for i in range(len(ds)):
         x = ds.resized(i)
         left, top, right, bottom = five_crop_boxes(x.shape[2], x.shape[1], cfg.data.crop)[CENTRE_CROP]
@@ -162,8 +191,10 @@ def match_factors(factors: pd.DataFrame, paths: Sequence[str]) -> pd.DataFrame:
     """The factor rows of `paths` (relative to the dataset root), in that order."""
     missing = [p for p in paths if p not in factors.index]
     if missing:
-        raise DataError(f"factors.csv has no row for {len(missing)} image(s), e.g. {missing[0]}; it belongs to "
-                        "another dataset - regenerate the data or pass the right data_dir")
+        raise DataError(
+            f"factors.csv has no row for {len(missing)} image(s), e.g. {missing[0]}; it belongs to "
+            "another dataset - regenerate the data or pass the right data_dir"
+        )
     return factors.loc[list(paths)]
 
 
@@ -185,7 +216,7 @@ def branch_label(key: str, n_side: int = 4) -> str:
     """branch1 -> "FC_1 (pool1)", main -> "FC_5 (main)" (the paper's names, Fig. 2)."""
     if key == "main":
         return f"FC_{n_side + 1} (main)"
-    i = key[len("branch"):]
+    i = key[len("branch") :]
     return f"FC_{i} ({'conv1' if i == '0' else 'pool' + i})"
 
 
@@ -197,8 +228,9 @@ def probe_branches(train, test, factors: pd.DataFrame, names: Sequence[str] = FA
     rows = {}
     for key in train.keys:
         xtr, xte = train.key_features(key), test.key_features(key)
-        rows[branch_label(key, n_side)] = {f: linear_probe(xtr, ft[f].to_numpy(), xte, fs[f].to_numpy(), C)
-                                           for f in names}
+        rows[branch_label(key, n_side)] = {
+            f: linear_probe(xtr, ft[f].to_numpy(), xte, fs[f].to_numpy(), C) for f in names
+        }
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "branch"
     return df
@@ -249,8 +281,9 @@ def _grey_thumbnail(crop: np.ndarray, size: int) -> np.ndarray:
 PIXEL_BASELINES = {"colour histogram": (_chroma_histogram, 8), "grey thumbnail": (_grey_thumbnail, 8)}
 
 
-def pixel_features(part: DatasetIndex, cfg: Config, kind: str = "colour histogram",
-                   size: int | None = None) -> np.ndarray:
+def pixel_features(
+    part: DatasetIndex, cfg: Config, kind: str = "colour histogram", size: int | None = None
+) -> np.ndarray:
     """A pixel baseline for the probes, one row per image of `part`, from the same centre crop the CNN features
     use (the uint8 pixels before the ImageNet normalisation):
 
@@ -269,18 +302,27 @@ def pixel_features(part: DatasetIndex, cfg: Config, kind: str = "colour histogra
 
 
 def _tidy(df: pd.DataFrame, source: str, seed) -> list[dict]:
-    return [{"source": source, "level": level, "cue": cue, "seed": seed, "accuracy": float(df.loc[level, cue])}
-            for level in df.index for cue in df.columns]
+    return [
+        {"source": source, "level": level, "cue": cue, "seed": seed, "accuracy": float(df.loc[level, cue])}
+        for level in df.index
+        for cue in df.columns
+    ]
 
 
 def _feature_cache(cache, seed: int, source: str, split: str) -> Path | None:
     return None if cache is None else Path(cache) / f"seed-{seed}" / f"{source.replace(' ', '-')}-{split}.pt"
 
 
-def controlled_probes(checkpoints: Iterable[str | os.PathLike], parts: Mapping[str, DatasetIndex],
-                      factors: pd.DataFrame, cache: str | os.PathLike | None = None, names: Sequence[str] = FACTORS,
-                      C: float = 1.0, pixels: Sequence[str] = tuple(PIXEL_BASELINES),
-                      device: str | torch.device | None = None) -> pd.DataFrame:
+def controlled_probes(
+    checkpoints: Iterable[str | os.PathLike],
+    parts: Mapping[str, DatasetIndex],
+    factors: pd.DataFrame,
+    cache: str | os.PathLike | None = None,
+    names: Sequence[str] = FACTORS,
+    C: float = 1.0,
+    pixels: Sequence[str] = tuple(PIXEL_BASELINES),
+    device: str | torch.device | None = None,
+) -> pd.DataFrame:
     """The probe table with its controls, tidy: one row per (source, level, cue, seed) with the test accuracy.
 
     `checkpoints`: one CNN per seed (a run's stage-main.pt: the multi-stage CNN of Sec. 3.2); the seed is its
@@ -299,21 +341,36 @@ def controlled_probes(checkpoints: Iterable[str | os.PathLike], parts: Mapping[s
         seeds.add(seed)
         geometry.add((cfg.data.resize, cfg.data.crop))
         for source, net in zip(SOURCES, (model, control_cnn(cfg))):
-            f = {s: extract_features(net, parts[s], cfg, "center", cache=_feature_cache(cache, seed, source, s),
-                                     device=device) for s in ("train", "test")}
+            f = {
+                s: extract_features(
+                    net, parts[s], cfg, "center", cache=_feature_cache(cache, seed, source, s), device=device
+                )
+                for s in ("train", "test")
+            }
             rows += _tidy(probe_branches(f["train"], f["test"], factors, names, C), source, seed)
     if not seeds:
         raise ConfigError("no checkpoints to probe: train a CNN first (fit(..., until='main'))")
     if len(geometry) > 1:
-        raise ConfigError(f"the checkpoints crop differently ({sorted(geometry)}): the pixel baseline needs one "
-                          "crop geometry")
+        raise ConfigError(
+            f"the checkpoints crop differently ({sorted(geometry)}): the pixel baseline needs one crop geometry"
+        )
     ft, fs = (match_factors(factors, _paths(parts[s])) for s in ("train", "test"))
     for kind in pixels:
         xtr, xte = pixel_features(parts["train"], cfg, kind), pixel_features(parts["test"], cfg, kind)
-        rows += [{"source": f"pixels: {kind}", "level": NO_LEVEL, "cue": n, "seed": pd.NA,
-                  "accuracy": linear_probe(xtr, ft[n].to_numpy(), xte, fs[n].to_numpy(), C)} for n in names]
-    rows += [{"source": MAJORITY, "level": NO_LEVEL, "cue": n, "seed": pd.NA, "accuracy": float(a)}
-             for n, a in majority_rate(factors, _paths(parts["test"]), names).items()]
+        rows += [
+            {
+                "source": f"pixels: {kind}",
+                "level": NO_LEVEL,
+                "cue": n,
+                "seed": pd.NA,
+                "accuracy": linear_probe(xtr, ft[n].to_numpy(), xte, fs[n].to_numpy(), C),
+            }
+            for n in names
+        ]
+    rows += [
+        {"source": MAJORITY, "level": NO_LEVEL, "cue": n, "seed": pd.NA, "accuracy": float(a)}
+        for n, a in majority_rate(factors, _paths(parts["test"]), names).items()
+    ]
     df = pd.DataFrame(rows, columns=["source", "level", "cue", "seed", "accuracy"])
     return df.astype({"seed": "Int64"})
 
@@ -333,8 +390,18 @@ def probe_gain(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     rows = []
     for (level, cue), g in paired.groupby(["level", "cue"], sort=False):
         mean, _, low, high = mean_interval(g["gain"], confidence)
-        rows.append({"level": level, "cue": cue, SOURCES[0]: g[SOURCES[0]].mean(), SOURCES[1]: g[SOURCES[1]].mean(),
-                     "gain": mean, "gain_low": low, "gain_high": high, "seeds": len(g)})
+        rows.append(
+            {
+                "level": level,
+                "cue": cue,
+                SOURCES[0]: g[SOURCES[0]].mean(),
+                SOURCES[1]: g[SOURCES[1]].mean(),
+                "gain": mean,
+                "gain_low": low,
+                "gain_high": high,
+                "seeds": len(g),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -343,8 +410,9 @@ def pivot_probes(table: pd.DataFrame) -> pd.DataFrame:
     columns side by side (the baselines belong to no level and repeat down their column)."""
     mean = table.groupby(["source", "level", "cue"], sort=False)["accuracy"].mean()
     levels = [lv for lv in table["level"].unique() if lv != NO_LEVEL]
-    cols = pd.MultiIndex.from_product([list(table["cue"].unique()), list(table["source"].unique())],
-                                      names=["cue", "source"])
+    cols = pd.MultiIndex.from_product(
+        [list(table["cue"].unique()), list(table["source"].unique())], names=["cue", "source"]
+    )
     out = pd.DataFrame(np.nan, index=pd.Index(levels, name="level"), columns=cols)
     for (source, level, cue), v in mean.items():
         out.loc[levels if level == NO_LEVEL else level, (cue, source)] = v
@@ -354,8 +422,31 @@ def pivot_probes(table: pd.DataFrame) -> pd.DataFrame:
 # The probes' plots live in figures.py; notebook 06 reads them from here.
 from .figures import plot_controlled_probes, plot_probes, plot_top_patches  # noqa: E402
 
-__all__ = ["LAYERS", "FACTORS", "patch_box", "ChannelTop", "layer_maxima", "choose_channels", "top_patches",
-           "centre_crop", "plot_top_patches", "read_factors", "match_factors", "linear_probe", "branch_label",
-           "probe_branches", "majority_rate", "plot_probes", "SOURCES", "MAJORITY", "NO_LEVEL", "control_cnn",
-           "PIXEL_BASELINES", "pixel_features", "controlled_probes", "probe_gain", "pivot_probes",
-           "plot_controlled_probes"]
+__all__ = [
+    "LAYERS",
+    "FACTORS",
+    "patch_box",
+    "ChannelTop",
+    "layer_maxima",
+    "choose_channels",
+    "top_patches",
+    "centre_crop",
+    "plot_top_patches",
+    "read_factors",
+    "match_factors",
+    "linear_probe",
+    "branch_label",
+    "probe_branches",
+    "majority_rate",
+    "plot_probes",
+    "SOURCES",
+    "MAJORITY",
+    "NO_LEVEL",
+    "control_cnn",
+    "PIXEL_BASELINES",
+    "pixel_features",
+    "controlled_probes",
+    "probe_gain",
+    "pivot_probes",
+    "plot_controlled_probes",
+]

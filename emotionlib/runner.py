@@ -1,5 +1,6 @@
 """The name the notebooks import: `from emotionlib import runner` gives the papermill pipeline
 (emotionlib.pipeline) and the helpers the notebooks share (emotionlib.notebook). No code lives here."""
+
 from .notebook import *  # noqa: F403
 from .notebook import __all__ as _notebook
 from .pipeline import *  # noqa: F403

@@ -24,6 +24,7 @@ leaves out IAPS anger, 8 images).
 
 The paper's Fig. 7 and 8 are bar charts without printed numbers, so no paper values are stored here.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,19 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .baselines import (FEATURE_SIZE, alexnet_fc7, build_network, cnn_input_size, five_crop_features,
-                        handcrafted_matrix, linear_fc, linear_svm, load_weights, resnet_pool5, resolve_weights)
+from .baselines import (
+    FEATURE_SIZE,
+    alexnet_fc7,
+    build_network,
+    cnn_input_size,
+    five_crop_features,
+    handcrafted_matrix,
+    linear_fc,
+    linear_svm,
+    load_weights,
+    resnet_pool5,
+    resolve_weights,
+)
 from .data import DatasetIndex, open_dataset, scan_artphoto, scan_iaps
 from .errors import ConfigError, DataError, RunFolderError
 from .evaluate import confusion_matrix, one_against_all_tpr, per_class_tpr
@@ -49,16 +61,24 @@ LAYOUTS, METHODS, DEFAULT_METHODS = SMALL_LAYOUTS, SMALL_METHODS, DEFAULT_SMALL_
 #: The new last layer of each method, as the paper describes the methods: "fine-tune the last fully connected
 #: layer" for ours (and for ResNet-101, a fine-tuned network in Sec. 4.2), a linear SVM for the "+ SVM" baselines.
 #: Either way one binary linear classifier per class on standardised features, one against all.
-CLASSIFIERS: dict[str, Callable[[int], Any]] = {"ours": linear_fc, "resnet101": linear_fc,
-                                                "handcrafted-svm": linear_svm, "alexnet-svm": linear_svm}
-CLASSIFIER_NAMES = {linear_fc: "new last FC: one logistic unit per class (L2, C=1, balanced)",
-                    linear_svm: "one linear SVM per class (C=1, balanced)"}
+CLASSIFIERS: dict[str, Callable[[int], Any]] = {
+    "ours": linear_fc,
+    "resnet101": linear_fc,
+    "handcrafted-svm": linear_svm,
+    "alexnet-svm": linear_svm,
+}
+CLASSIFIER_NAMES = {
+    linear_fc: "new last FC: one logistic unit per class (L2, C=1, balanced)",
+    linear_svm: "one linear SVM per class (C=1, balanced)",
+}
 #: The two per-class rates (the module docstring says which is which and why), in the order tables show them;
 #: metrics.json holds per_class_<key>, mean_<key> and fold_mean_<key> for each, and the folder <key>.csv and
 #: fig7_<key>.png. The first is the default.
 METRICS = ("ova_tpr", "recall")
-PAPER_NOTE = ("The paper reports Sec. 4.4 only as bar charts (Fig. 7 ArtPhoto, Fig. 8 IAPS-subset) without printed "
-              "numbers; every number here is this run's.")
+PAPER_NOTE = (
+    "The paper reports Sec. 4.4 only as bar charts (Fig. 7 ArtPhoto, Fig. 8 IAPS-subset) without printed "
+    "numbers; every number here is this run's."
+)
 
 
 #: The built-in stand-in for ArtPhoto: the synthetic generator in ArtPhoto's flat layout (`sad_1.jpg`), with
@@ -74,9 +94,11 @@ def stand_in_note(large_dir: str | os.PathLike, small_dir: str | os.PathLike) ->
     """A plain sentence when the model was trained on real data but the small dataset is the synthetic stand-in
     (e.g. a paper run on FI whose notebook 07 kept its default): Sec. 4.4 would then say nothing about ArtPhoto."""
     if (Path(small_dir) / "synth_meta.json").exists() and not (Path(large_dir) / "synth_meta.json").exists():
-        return (f"The model was trained on {Path(large_dir).name}, real data, but the small dataset here is the "
-                f"built-in synthetic stand-in ({Path(small_dir).name}): these numbers are not Sec. 4.4 on ArtPhoto "
-                "or IAPS. Give small_data_dir (emotionlib reproduce --small-data DIR --layout ...).")
+        return (
+            f"The model was trained on {Path(large_dir).name}, real data, but the small dataset here is the "
+            f"built-in synthetic stand-in ({Path(small_dir).name}): these numbers are not Sec. 4.4 on ArtPhoto "
+            "or IAPS. Give small_data_dir (emotionlib reproduce --small-data DIR --layout ...)."
+        )
     return None
 
 
@@ -98,8 +120,9 @@ def open_small_dataset(data: str | os.PathLike, layout: str, progress: bool = Fa
         return scan_artphoto(data, progress=progress)
     if layout == "iaps":
         # min_count=0: the protocol's own exclusion below warns once, the same way for every layout
-        return scan_iaps(data / "images", data / "mikels_negative.csv", data / "mikels_positive.csv", min_count=0,
-                         progress=progress)
+        return scan_iaps(
+            data / "images", data / "mikels_negative.csv", data / "mikels_positive.csv", min_count=0, progress=progress
+        )
     if layout == "fi":
         return open_dataset(data, progress=progress)
     raise ConfigError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -111,12 +134,17 @@ def exclude_small_classes(index: DatasetIndex, min_count: int) -> tuple[DatasetI
     counts = index.counts()
     excluded = {c: n for c, n in counts.items() if n < min_count}
     for c, n in excluded.items():
-        warnings.warn(f"{index.root}: leaving out class {c!r}: {n} image(s) < min_count={min_count}, too few to "
-                      "train and test a classifier (the paper leaves out IAPS anger, 8 images)", stacklevel=2)
+        warnings.warn(
+            f"{index.root}: leaving out class {c!r}: {n} image(s) < min_count={min_count}, too few to "
+            "train and test a classifier (the paper leaves out IAPS anger, 8 images)",
+            stacklevel=2,
+        )
     kept = [c for c in index.classes if c not in excluded]
     if len(kept) < 2:
-        raise DataError(f"{index.root}: {len(kept)} class(es) have at least {min_count} images; the protocol needs "
-                        "two (lower --min-count, or add images)")
+        raise DataError(
+            f"{index.root}: {len(kept)} class(es) have at least {min_count} images; the protocol needs "
+            "two (lower --min-count, or add images)"
+        )
     return DatasetIndex(index.root, kept, [s for s in index.samples if s.label in kept], list(index.skipped)), excluded
 
 
@@ -132,9 +160,14 @@ def stratified_folds(targets: Sequence[int], folds: int, seed: int = 0) -> np.nd
     return out
 
 
-def cross_validated_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, seed: int = 0,
-                           make_classifier: Callable[[int], Any] = linear_svm,
-                           num_classes: int | None = None) -> np.ndarray:
+def cross_validated_scores(
+    x: np.ndarray,
+    y: np.ndarray,
+    fold: np.ndarray,
+    seed: int = 0,
+    make_classifier: Callable[[int], Any] = linear_svm,
+    num_classes: int | None = None,
+) -> np.ndarray:
     """(images, classes): each image's decision value under every class's binary classifier, the classifiers
     trained on the other folds (scaler included: nothing of a test fold is seen in training); -inf for a class
     absent from the training folds. A class's binary classifier says "this class" where its value is positive
@@ -185,8 +218,10 @@ def tpr_summary(y: np.ndarray, scores: np.ndarray, fold: np.ndarray, classes: li
     `scores`: cross_validated_scores."""
     n = len(classes)
     pred, binary = scores.argmax(1), scores > 0
-    rates = {"ova_tpr": lambda m: one_against_all_tpr(y[m], binary[m], n),
-             "recall": lambda m: per_class_tpr(y[m], pred[m], n)}
+    rates = {
+        "ova_tpr": lambda m: one_against_all_tpr(y[m], binary[m], n),
+        "recall": lambda m: per_class_tpr(y[m], pred[m], n),
+    }
     out: dict[str, Any] = {}
     for metric, rate in rates.items():
         r = rate(np.ones(len(y), dtype=bool))
@@ -207,19 +242,32 @@ def unified_features(model) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def method_label(method: str, variant: str, provenance: dict[str, Any] | None) -> str:
     init = "" if provenance is None else " (ImageNet)" if provenance["pretrained"] else " (random init)"
-    return {"ours": f"Ours: unified CNN-RNN ({variant}), pre-trained",
-            "handcrafted-svm": "Hand-crafted subset (M&H, Zhao)",
-            "alexnet-svm": f"AlexNet fc7{init}",
-            "resnet101": f"ResNet-101 pool5{init}"}[method]
+    return {
+        "ours": f"Ours: unified CNN-RNN ({variant}), pre-trained",
+        "handcrafted-svm": "Hand-crafted subset (M&H, Zhao)",
+        "alexnet-svm": f"AlexNet fc7{init}",
+        "resnet101": f"ResNet-101 pool5{init}",
+    }[method]
 
 
 # ----------------------------------------------------------------------------- the protocol
 
 
-def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-              folds: int = 5, layout: str = "artphoto", min_count: int = 10, seed: int = 0, device: str = "auto",
-              methods: Sequence[str] = DEFAULT_METHODS, alexnet_weights: str | os.PathLike | None = None,
-              resnet_weights: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+def run_small(
+    pretrained_run: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    folds: int = 5,
+    layout: str = "artphoto",
+    min_count: int = 10,
+    seed: int = 0,
+    device: str = "auto",
+    methods: Sequence[str] = DEFAULT_METHODS,
+    alexnet_weights: str | os.PathLike | None = None,
+    resnet_weights: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Sec. 4.4 on one small dataset; writes out_dir/{config.json, folds.csv, predictions.csv, metrics.json} and,
     for each of METRICS, <metric>.csv and the chart fig7_<metric>.png / .pdf (ova_tpr.csv: the one-against-all
     rate, the default; recall.csv: the n-way recall), and returns the metrics.
@@ -254,17 +302,28 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
         raise RunFolderError(f"--run {run} holds no trained model ({model_file} is missing); train it first")
     # resolved paths and the model's hash: the same protocol whichever way the folders are spelt, and a
     # retrained model is a different protocol; so is a folder written before METRICS held both rates
-    settings = {"pretrained_run": str(run.resolve()), "pretrained_sha256": file_sha256(model_file),
-                "data": str(Path(data_dir).resolve()), "layout": layout, "folds": folds, "min_count": min_count,
-                "seed": seed, "methods": methods, "weights": {m: p["weights"] for m, p in provenance.items()},
-                "metrics": list(METRICS)}
+    settings = {
+        "pretrained_run": str(run.resolve()),
+        "pretrained_sha256": file_sha256(model_file),
+        "data": str(Path(data_dir).resolve()),
+        "layout": layout,
+        "folds": folds,
+        "min_count": min_count,
+        "seed": seed,
+        "methods": methods,
+        "weights": {m: p["weights"] for m, p in provenance.items()},
+        "metrics": list(METRICS),
+    }
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):
         saved = read_json(out / "config.json").get("settings", {}) if (out / "config.json").exists() else None
         if saved == settings and (out / "metrics.json").exists():
             return read_json(out / "metrics.json")
-        what = "something else" if saved is None else \
-            f"a protocol run with other {', '.join(k for k in settings if saved.get(k) != settings[k]) or 'settings'}"
+        what = (
+            "something else"
+            if saved is None
+            else f"a protocol run with other {', '.join(k for k in settings if saved.get(k) != settings[k]) or 'settings'}"
+        )
         raise RunFolderError(f"--out {out} already holds {what}; choose another --out or delete it")
 
     dev = resolve_device(device)
@@ -279,8 +338,9 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
     scores: dict[str, np.ndarray] = {}
     for m in methods:
         if m == "ours":
-            x, yy, idx = five_crop_features(unified_features(model), loader, dev, desc="unified CNN-RNN",
-                                            progress=progress)
+            x, yy, idx = five_crop_features(
+                unified_features(model), loader, dev, desc="unified CNN-RNN", progress=progress
+            )
             info = {"features": "input of the last FC (H for RNN fusions; the top FC with model.top_fc)"}
         elif m == "handcrafted-svm":
             x, yy, idx = handcrafted_matrix(index, progress=progress), y, np.arange(len(y))
@@ -293,7 +353,11 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
             if path is not None:
                 load_weights(net, path, arch)
             net = net.to(dev).eval()
-            fn = (lambda z, net=net: alexnet_fc7(net, z)) if m == "alexnet-svm" else (lambda z, net=net: resnet_pool5(net, z))
+            fn = (
+                (lambda z, net=net: alexnet_fc7(net, z))
+                if m == "alexnet-svm"
+                else (lambda z, net=net: resnet_pool5(net, z))
+            )
             side = cnn_input_size(m, cfg)
             x, yy, idx = five_crop_features(fn, loader, dev, side, desc=m, progress=progress)
             info = {"features": f"{'fc7' if m == 'alexnet-svm' else 'pool5'} at {side} px", **provenance[m]}
@@ -301,35 +365,61 @@ def run_small(pretrained_run: str | os.PathLike, data_dir: str | os.PathLike, ou
         x, yy = x[np.argsort(idx)], yy[np.argsort(idx)]  # back to index order (the loader does not shuffle)
         assert (yy == y).all()
         scores[m], unconverged = _fit_quietly(
-            lambda: cross_validated_scores(x, y, fold, seed, CLASSIFIERS[m], len(classes)))
+            lambda: cross_validated_scores(x, y, fold, seed, CLASSIFIERS[m], len(classes))
+        )
         label = method_label(m, cfg.model.variant, provenance.get(m))
-        results[m] = {"label": label, "feature_dim": int(x.shape[1]), **info,
-                      "classifier": CLASSIFIER_NAMES[CLASSIFIERS[m]], "convergence_warnings": unconverged,
-                      **tpr_summary(y, scores[m], fold, classes)}
+        results[m] = {
+            "label": label,
+            "feature_dim": int(x.shape[1]),
+            **info,
+            "classifier": CLASSIFIER_NAMES[CLASSIFIERS[m]],
+            "convergence_warnings": unconverged,
+            **tpr_summary(y, scores[m], fold, classes),
+        }
 
     n = len(classes)
-    metrics = {"protocol": "Sec. 4.4: frozen features, a new last layer of one binary linear classifier per class "
-                           "(one against all), "
-                           f"stratified {folds}-fold cross-validation, true-positive rate per class: each class's "
-                           "binary classifier on its own task (ova_tpr, the default), and the n-way recall (recall)",
-               "metrics": {k: {"label": metric_label(k, n), "chance": metric_chance(k, n)} for k in METRICS},
-               "classes": classes, "counts": index.counts(), "excluded_classes": excluded, "n_images": len(y),
-               "folds": folds, "seed": seed, "layout": layout, "data": str(data_dir),
-               "pretrained": {"run": str(pretrained_run), "variant": cfg.model.variant, "profile": cfg.profile,
-                              "classes": pre.get("classes"), "sha256": settings["pretrained_sha256"]},
-               "methods": results, "paper_note": PAPER_NOTE}
+    metrics = {
+        "protocol": "Sec. 4.4: frozen features, a new last layer of one binary linear classifier per class "
+        "(one against all), "
+        f"stratified {folds}-fold cross-validation, true-positive rate per class: each class's "
+        "binary classifier on its own task (ova_tpr, the default), and the n-way recall (recall)",
+        "metrics": {k: {"label": metric_label(k, n), "chance": metric_chance(k, n)} for k in METRICS},
+        "classes": classes,
+        "counts": index.counts(),
+        "excluded_classes": excluded,
+        "n_images": len(y),
+        "folds": folds,
+        "seed": seed,
+        "layout": layout,
+        "data": str(data_dir),
+        "pretrained": {
+            "run": str(pretrained_run),
+            "variant": cfg.model.variant,
+            "profile": cfg.profile,
+            "classes": pre.get("classes"),
+            "sha256": settings["pretrained_sha256"],
+        },
+        "methods": results,
+        "paper_note": PAPER_NOTE,
+    }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"settings": settings, "emotionlib": __version__})
     rel = [relative_path(s.path, index.root) for s in index.samples]
-    save_table(pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold}), out / "folds.csv",
-               index=False)
+    save_table(
+        pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold}),
+        out / "folds.csv",
+        index=False,
+    )
     # per method: the n-way decision, and the classes whose own binary classifier said yes (the rate of Sec. 4.4)
     decisions = {}
     for m in methods:
         decisions[m] = [classes[p] for p in scores[m].argmax(1)]
         decisions[f"{m}:positive"] = ["|".join(c for c, b in zip(classes, row) if b) for row in scores[m] > 0]
-    save_table(pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold, **decisions}),
-               out / "predictions.csv", index=False)
+    save_table(
+        pd.DataFrame({"path": rel, "label": [s.label for s in index.samples], "fold": fold, **decisions}),
+        out / "predictions.csv",
+        index=False,
+    )
     import matplotlib.pyplot as plt
 
     from .figures import save_figure
@@ -348,8 +438,9 @@ def tpr_table(results: dict[str, Any], classes: list[str], metric: str = "ova_tp
     """One row per method (its label), one column per class and `mean` last, of one of METRICS (default the
     one-against-all rate): the numbers behind Fig. 7 / 8."""
     _metric(metric)
-    rows = {r["label"]: [r[f"per_class_{metric}"][c] for c in classes] + [r[f"mean_{metric}"]]
-            for r in results.values()}
+    rows = {
+        r["label"]: [r[f"per_class_{metric}"][c] for c in classes] + [r[f"mean_{metric}"]] for r in results.values()
+    }
     df = pd.DataFrame.from_dict(rows, orient="index", columns=[*classes, "mean"])
     df.index.name = "method"
     return df
@@ -364,16 +455,39 @@ def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
     """The mean over the classes of both rates, one row per method, and the chance level of each as the last row:
     the last group of Fig. 7 on both scales."""
     n = len(metrics["classes"])
-    cols = {metric_label(k, n).split(":")[0]: [r[f"mean_{k}"] for r in metrics["methods"].values()]
-            + [metric_chance(k, n)] for k in METRICS}
-    return pd.DataFrame(cols, index=pd.Index([r["label"] for r in metrics["methods"].values()] + ["chance"],
-                                             name="mean over the classes"))
+    cols = {
+        metric_label(k, n).split(":")[0]: [r[f"mean_{k}"] for r in metrics["methods"].values()] + [metric_chance(k, n)]
+        for k in METRICS
+    }
+    return pd.DataFrame(
+        cols,
+        index=pd.Index([r["label"] for r in metrics["methods"].values()] + ["chance"], name="mean over the classes"),
+    )
 
 
 # ----------------------------------------------------------------------------- command line
 
 
-__all__ = ["run_small", "ensure_small_data", "SYNTHETIC_SMALL", "stratified_folds", "exclude_small_classes",
-           "cross_validated_scores", "tpr_summary", "tpr_table", "load_table", "summary_table", "plot_tpr",
-           "unified_features", "open_small_dataset", "metric_chance", "metric_label", "METRICS", "METHODS",
-           "DEFAULT_METHODS", "LAYOUTS", "PAPER_NOTE", "stand_in_note"]
+__all__ = [
+    "run_small",
+    "ensure_small_data",
+    "SYNTHETIC_SMALL",
+    "stratified_folds",
+    "exclude_small_classes",
+    "cross_validated_scores",
+    "tpr_summary",
+    "tpr_table",
+    "load_table",
+    "summary_table",
+    "plot_tpr",
+    "unified_features",
+    "open_small_dataset",
+    "metric_chance",
+    "metric_label",
+    "METRICS",
+    "METHODS",
+    "DEFAULT_METHODS",
+    "LAYOUTS",
+    "PAPER_NOTE",
+    "stand_in_note",
+]

@@ -20,6 +20,7 @@ Images are built in YCbCr (the JPEG colour space): colour lives only in the chro
 planes, texture and lighting only in luma, and both palettes draw luma from the same
 distribution, so a cue cannot leak through another level's statistics.
 """
+
 from __future__ import annotations
 
 import csv
@@ -53,24 +54,23 @@ FACTORS: dict[str, tuple[str, str]] = {
 }
 # Arbitrary bijection onto {0,1}^3: the bits of the class index, colour most significant.
 CLASS_FACTORS: dict[str, dict[str, str]] = {
-    name: {f: FACTORS[f][(i >> (2 - k)) & 1] for k, f in enumerate(FACTORS)}
-    for i, name in enumerate(CLASSES)
+    name: {f: FACTORS[f][(i >> (2 - k)) & 1] for k, f in enumerate(FACTORS)} for i, name in enumerate(CLASSES)
 }
 # ArtPhoto names its files <emotion>_<n>.jpg but shortens sadness to `sad` (Sec. 4.4).
 ARTPHOTO_PREFIX: dict[str, str] = {c: ("sad" if c == "sadness" else c) for c in CLASSES}
 
 CUES = {
     "colour": "palette of background and object: warm = chroma angle 105-170 deg "
-              "(red-orange-yellow), cool = 290-350 deg (cyan-azure-blue) in the CbCr plane; "
-              "luma is drawn independently of the palette",
+    "(red-orange-yellow), cool = 290-350 deg (cyan-azure-blue) in the CbCr plane; "
+    "luma is drawn independently of the palette",
     "texture": "zero-mean luma pattern on the background (standard deviation 12-20) with the same amplitude for both levels: "
-               "stripes = one oriented sinusoidal grating of period 4-6 px (fine), dots = a rotated, "
-               "jittered lattice of round dots 10-14 px apart covering a third of the area (coarse); "
-               "periods at 128 px",
+    "stripes = one oriented sinusoidal grating of period 4-6 px (fine), dots = a rotated, "
+    "jittered lattice of round dots 10-14 px apart covering a third of the area (coarse); "
+    "periods at 128 px",
     "shape": "one large flat object of either palette colour: round = circle or ellipse, "
-             "angular = star of 4, 5 or 6 points (inner radius 0.42-0.58 of the outer); all of equal area for a given scale, "
-             "lighter or darker than the background by 55-80 luma, kept in the central region "
-             "so all five corner crops hold most of it",
+    "angular = star of 4, 5 or 6 points (inner radius 0.42-0.58 of the outer); all of equal area for a given scale, "
+    "lighter or darker than the background by 55-80 luma, kept in the central region "
+    "so all five corner crops hold most of it",
 }
 NUISANCES = {
     "shape_kind": "circle, ellipse (round) or star4, star5, star6 (angular: stars of 4-6 points)",
@@ -134,6 +134,7 @@ def _noise_rng(seed: int, class_index: int, index: int) -> np.random.Generator:
 
 
 # ----------------------------------------------------------------------------- drawing
+
 
 def _shape_polygon(kind: str, r_eq: float, aspect: float, rot: float) -> np.ndarray:
     """Vertices (N, 2) about the origin of a shape with area pi * r_eq**2.
@@ -208,8 +209,9 @@ def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def render(factors: dict, size: int, rng: np.random.Generator,
-           shift: float = 0.0) -> tuple[Image.Image, np.ndarray, dict]:
+def render(
+    factors: dict, size: int, rng: np.random.Generator, shift: float = 0.0
+) -> tuple[Image.Image, np.ndarray, dict]:
     """One image, its boolean object mask, and the nuisance values drawn (useful for tests).
 
     `factors` maps each of FACTORS to one of its levels. `shift` in [0, 1] moves the
@@ -284,14 +286,28 @@ def render(factors: dict, size: int, rng: np.random.Generator,
 
     image = Image.fromarray(_ycbcr_to_rgb(y, cb, cr), "RGB")
     nuisance = dict(
-        shape_kind=kind, obj_x=ox, obj_y=oy, obj_scale=scale, obj_rotation=rot, obj_aspect=aspect,
-        bg_hue=bg_hue, obj_hue=obj_hue, bg_chroma=bg_chroma, obj_chroma=obj_chroma,
-        bg_luma=bg_luma, obj_luma=obj_luma, texture_period=period, texture_angle=tex_angle,
-        texture_amplitude=tex_amp, n_clutter=n_clutter, brightness=brightness, contrast=contrast,
-        gradient=gradient, gradient_angle=g_angle,
+        shape_kind=kind,
+        obj_x=ox,
+        obj_y=oy,
+        obj_scale=scale,
+        obj_rotation=rot,
+        obj_aspect=aspect,
+        bg_hue=bg_hue,
+        obj_hue=obj_hue,
+        bg_chroma=bg_chroma,
+        obj_chroma=obj_chroma,
+        bg_luma=bg_luma,
+        obj_luma=obj_luma,
+        texture_period=period,
+        texture_angle=tex_angle,
+        texture_amplitude=tex_amp,
+        n_clutter=n_clutter,
+        brightness=brightness,
+        contrast=contrast,
+        gradient=gradient,
+        gradient_angle=g_angle,
     )
-    nuisance = {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v)
-                for k, v in nuisance.items()}
+    nuisance = {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in nuisance.items()}
     return image, a >= 0.5, nuisance
 
 
@@ -320,8 +336,14 @@ def _check_args(per_class, size, seed, label_noise, layout, shift) -> dict:
         raise ConfigError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     if not is_num(shift) or not 0 <= shift <= 1:
         raise ConfigError(f"shift={shift!r}: give a number in [0, 1]")
-    return dict(per_class=int(per_class), size=int(size), seed=int(seed),
-                label_noise=float(label_noise), layout=layout, shift=float(shift))
+    return dict(
+        per_class=int(per_class),
+        size=int(size),
+        seed=int(seed),
+        label_noise=float(label_noise),
+        layout=layout,
+        shift=float(shift),
+    )
 
 
 def _read_meta(out: Path) -> dict | None:
@@ -341,8 +363,10 @@ def _existing_output(out: Path, args: dict) -> bool:
         return False
     meta = _read_meta(out)
     if meta is not None and meta.get("format_version") not in (None, FORMAT_VERSION):
-        raise ConfigError(f"out_dir {out}: holds synth output of format {meta.get('format_version')} (this generator "
-                          f"writes format {FORMAT_VERSION}); delete the folder and generate again")
+        raise ConfigError(
+            f"out_dir {out}: holds synth output of format {meta.get('format_version')} (this generator "
+            f"writes format {FORMAT_VERSION}); delete the folder and generate again"
+        )
     found = meta.get("arguments") if meta is not None and meta.get("format_version") == FORMAT_VERSION else None
     if found != args:
         what = "no synth output" if found is None else f"synth output made with {found}"
@@ -353,8 +377,10 @@ def _existing_output(out: Path, args: dict) -> bool:
     except (OSError, KeyError):
         missing = ["factors.csv"]
     if missing:
-        raise ConfigError(f"out_dir {out}: synth output is missing {len(missing)} files "
-                          f"(e.g. {missing[0]}); delete the folder and generate again")
+        raise ConfigError(
+            f"out_dir {out}: synth output is missing {len(missing)} files "
+            f"(e.g. {missing[0]}); delete the folder and generate again"
+        )
     return True
 
 
@@ -371,8 +397,16 @@ def ensure(out_dir, progress: bool = True, **kwargs) -> Path:
     return generate(out, progress=progress, **kwargs)
 
 
-def generate(out_dir, per_class: int = PER_CLASS, size: int = 128, seed: int = 0, label_noise: float = 0.0,
-             layout: str = "fi", shift: float = 0.0, progress: bool = True) -> Path:
+def generate(
+    out_dir,
+    per_class: int = PER_CLASS,
+    size: int = 128,
+    seed: int = 0,
+    label_noise: float = 0.0,
+    layout: str = "fi",
+    shift: float = 0.0,
+    progress: bool = True,
+) -> Path:
     """Write the dataset and return out_dir.
 
     layout "fi": out_dir/<emotion>/<emotion>_<0000>.jpg, FI's folder per class.
@@ -420,24 +454,27 @@ def generate(out_dir, per_class: int = PER_CLASS, size: int = 128, seed: int = 0
     writer.writerows(rows)
     write_text(out / "factors.csv", buf.getvalue())
     # The metadata is written last: its presence marks a complete output.
-    write_json(out / "synth_meta.json", {
-        "format_version": FORMAT_VERSION,
-        "generator": "emotionlib.synth",
-        "description": "Synthetic 8-class emotion images: each class is one combination of three "
-                       "binary cues (colour, texture, shape); any one cue separates only its own "
-                       "two groups of four classes, so a model needs all three levels (Sec. 1, Fig. 1).",
-        "classes": list(CLASSES),
-        "factors": {f: list(v) for f, v in FACTORS.items()},
-        "class_factors": CLASS_FACTORS,
-        "class_factors_note": "arbitrary: class i in Fig. 6 order gets the bits of i as "
-                              "(colour, texture, shape), 0 = first level",
-        "cues": CUES,
-        "nuisances": NUISANCES,
-        "arguments": args,
-        "jpeg_quality": JPEG_QUALITY,
-        "rng": "image i of class c is rendered with numpy.random.default_rng([seed, c, i]); "
-               "its label noise uses default_rng([seed, c, i, 1])",
-        "n_images": len(rows),
-        "n_noisy_labels": sum(r["label"] != r["true_label"] for r in rows),
-    })
+    write_json(
+        out / "synth_meta.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "generator": "emotionlib.synth",
+            "description": "Synthetic 8-class emotion images: each class is one combination of three "
+            "binary cues (colour, texture, shape); any one cue separates only its own "
+            "two groups of four classes, so a model needs all three levels (Sec. 1, Fig. 1).",
+            "classes": list(CLASSES),
+            "factors": {f: list(v) for f, v in FACTORS.items()},
+            "class_factors": CLASS_FACTORS,
+            "class_factors_note": "arbitrary: class i in Fig. 6 order gets the bits of i as "
+            "(colour, texture, shape), 0 = first level",
+            "cues": CUES,
+            "nuisances": NUISANCES,
+            "arguments": args,
+            "jpeg_quality": JPEG_QUALITY,
+            "rng": "image i of class c is rendered with numpy.random.default_rng([seed, c, i]); "
+            "its label noise uses default_rng([seed, c, i, 1])",
+            "n_images": len(rows),
+            "n_noisy_labels": sum(r["label"] != r["true_label"] for r in rows),
+        },
+    )
     return out

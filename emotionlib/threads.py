@@ -14,6 +14,7 @@ background process on two cores a smoke `fit` ran 7x slower instead of 2x. A sho
 passive policy: sleep at once) must be in the environment before torch loads OpenMP, so `prepare_environment`
 runs in the command-line entry point and its environment is what `emotionlib reproduce` hands its kernels.
 """
+
 from __future__ import annotations
 
 import os
@@ -135,9 +136,15 @@ def set_threads(setting: int | str | None = None) -> dict[str, Any]:
         torch.set_num_interop_threads(n)
     except RuntimeError:
         pass
-    _chosen = {"setting": setting, "from": source, "intra_op": torch.get_num_threads(), "interop": torch.get_num_interop_threads(),
-               "cores": cores, "load_average": None if load is None else round(load, 2),
-               "openmp_wait": _wait_policy()}
+    _chosen = {
+        "setting": setting,
+        "from": source,
+        "intra_op": torch.get_num_threads(),
+        "interop": torch.get_num_interop_threads(),
+        "cores": cores,
+        "load_average": None if load is None else round(load, 2),
+        "openmp_wait": _wait_policy(),
+    }
     return dict(_chosen)
 
 
@@ -186,11 +193,28 @@ class one_thread:
 
 
 def add_argument(p) -> None:
-    p.add_argument("--threads", default=None, metavar="N|cores|auto",
-                   help=f"PyTorch's CPU threads: a number, 'cores' (default: the usable cores) or 'auto' (the cores "
-                        f"the current load leaves free; faster on a busy machine, not reproducible across loads); "
-                        f"also ${ENV}")
+    p.add_argument(
+        "--threads",
+        default=None,
+        metavar="N|cores|auto",
+        help=f"PyTorch's CPU threads: a number, 'cores' (default: the usable cores) or 'auto' (the cores "
+        f"the current load leaves free; faster on a busy machine, not reproducible across loads); "
+        f"also ${ENV}",
+    )
 
 
-__all__ = ["set_threads", "ensure_threads", "current_threads", "choose_threads", "parse_threads", "usable_cores",
-           "prepare_environment", "worker_init", "one_thread", "ENV", "DEFAULT", "WAIT_POLICY", "SHORT_SPIN"]
+__all__ = [
+    "set_threads",
+    "ensure_threads",
+    "current_threads",
+    "choose_threads",
+    "parse_threads",
+    "usable_cores",
+    "prepare_environment",
+    "worker_init",
+    "one_thread",
+    "ENV",
+    "DEFAULT",
+    "WAIT_POLICY",
+    "SHORT_SPIN",
+]

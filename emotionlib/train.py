@@ -6,6 +6,7 @@
 A run folder holds config.json, run.json, split.csv, skipped.csv, summary.csv (one row per stage and epoch),
 metrics.json, predictions.csv and checkpoints/ (last.pt to resume, one file per finished stage, model.pt).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,11 +23,26 @@ from torch.utils.data import DataLoader
 
 from . import __version__, distributed
 from .config import Config, config_diff, validate
-from .data import (DatasetIndex, PairBatchSampler, ShuffleBatchSampler, make_loader, make_split, open_dataset,
-                   read_split, write_split)
+from .data import (
+    DatasetIndex,
+    PairBatchSampler,
+    ShuffleBatchSampler,
+    make_loader,
+    make_split,
+    open_dataset,
+    read_split,
+    write_split,
+)
 from .distributed import Dist
-from .checkpoint import (RunFolder, load_checkpoint, load_model, load_model_state, load_run, read_summary,
-                         save_checkpoint)
+from .checkpoint import (
+    RunFolder,
+    load_checkpoint,
+    load_model,
+    load_model_state,
+    load_run,
+    read_summary,
+    save_checkpoint,
+)
 from .errors import CheckpointError, ConfigError, RunFolderError, TrainingError
 from .evaluate import accuracy, predict_all, predict_probs, summarise_predictions
 from .losses import fusion_loss, multitask_loss
@@ -79,8 +95,9 @@ def all_stages(model: UnifiedCNNRNN, cfg: Config | None = None) -> list[Stage]:
     return stages + [fs] if fs is not None else stages
 
 
-def make_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config,
-                    frozen: set[str] = frozenset()) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
+def make_optimizers(
+    model: UnifiedCNNRNN, stage: Stage, cfg: Config, frozen: set[str] = frozenset()
+) -> tuple[list[torch.optim.Optimizer], list[nn.Module]]:
     """CNN stages: `train.optimizer` at `train.lr` (the paper profile: SGD, lr 1e-3, Sec. 4.1; the smoke profile:
     Adam). Fusion: RMSprop at `train.fusion_lr` for the head (1e-4), and the same `train.optimizer` at
     `train.finetune_lr` to fine-tune the CNN ("the CNN part will be fine-tuned with a relatively small learning
@@ -153,9 +170,17 @@ def optimizer_step(optimizers: list[torch.optim.Optimizer], loss: torch.Tensor, 
         opt.step()
 
 
-def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, optimizers: list[torch.optim.Optimizer],
-                    cfg: Config, device: torch.device, bar=None, step: nn.Module | None = None,
-                    dist: Dist | None = None) -> dict[str, float]:
+def train_one_epoch(
+    model: UnifiedCNNRNN,
+    stage: Stage,
+    loader: DataLoader,
+    optimizers: list[torch.optim.Optimizer],
+    cfg: Config,
+    device: torch.device,
+    bar=None,
+    step: nn.Module | None = None,
+    dist: Dist | None = None,
+) -> dict[str, float]:
     """One pass over the training split. CNN stages use the multi-task loss of Eq. 5 on every head the stage
     trains; the fusion stage uses Eq. 11. `step`: the StageStep to run (wrapped in DDP or compiled; default a
     plain one); with `dist`, the row sums every rank's images."""
@@ -198,8 +223,11 @@ def train_one_epoch(model: UnifiedCNNRNN, stage: Stage, loader: DataLoader, opti
         total = dist.all_sum([n_seen, correct, *(sums[k] for k in keys)], device)
         n_seen, correct, sums = int(total[0]), total[1], dict(zip(keys, total[2:]))
     row = {f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()}
-    row.update(train_acc=correct / max(n_seen, 1), seconds=round(seconds, 3),
-               images_per_s=round(n_seen / seconds, 2) if seconds > 0 else float("nan"))
+    row.update(
+        train_acc=correct / max(n_seen, 1),
+        seconds=round(seconds, 3),
+        images_per_s=round(n_seen / seconds, 2) if seconds > 0 else float("nan"),
+    )
     return row
 
 
@@ -214,8 +242,9 @@ class RunData:
     test: DatasetIndex
 
 
-def prepare_data(cfg: Config, data: str | os.PathLike | None, run: RunFolder, split_csv: str | os.PathLike | None,
-                 progress: bool) -> RunData:
+def prepare_data(
+    cfg: Config, data: str | os.PathLike | None, run: RunFolder, split_csv: str | os.PathLike | None, progress: bool
+) -> RunData:
     """Scan the dataset (or reuse the run's split), write split.csv and skipped.csv into the run folder."""
     split_path = run.path / "split.csv"
     meta_path = run.path / "run.json"
@@ -239,14 +268,25 @@ def prepare_data(cfg: Config, data: str | os.PathLike | None, run: RunFolder, sp
         index.write_skipped(run.path / "skipped.csv")
     parts = index.parts()  # a part may be empty on tiny data (5 % of 10 images)
     if len(parts["train"].samples) < cfg.train.batch_size:
-        raise ConfigError(f"the training split has {len(parts['train'].samples)} images, fewer than one batch "
-                          f"(train.batch_size={cfg.train.batch_size}); use more data or a smaller batch")
+        raise ConfigError(
+            f"the training split has {len(parts['train'].samples)} images, fewer than one batch "
+            f"(train.batch_size={cfg.train.batch_size}); use more data or a smaller batch"
+        )
     return RunData(index, parts["train"], parts["val"], parts["test"])
 
 
-def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, resume: bool = False,
-        split_csv: str | os.PathLike | None = None, progress: bool = True, init_from: str | os.PathLike | None = None,
-        until: str | None = None, init_stages: list[str] | None = None) -> dict[str, Any]:
+def fit(
+    cfg: Config,
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    split_csv: str | os.PathLike | None = None,
+    progress: bool = True,
+    init_from: str | os.PathLike | None = None,
+    until: str | None = None,
+    init_stages: list[str] | None = None,
+) -> dict[str, Any]:
     """Train `cfg.model.variant` stage by stage into the run folder `out`; return its metrics.
 
     `init_from`: a finished run whose CNN weights (trunk, branches, main) start this run; its finished stages
@@ -266,9 +306,18 @@ def fit(cfg: Config, data: str | os.PathLike | None, out: str | os.PathLike, *, 
     try:
         with folder_lock(out) if dist.is_main else contextlib.nullcontext():
             try:
-                return _fit(cfg, data, out, dist, resume=resume, split_csv=split_csv,
-                            progress=progress and dist.is_main, init_from=init_from, until=until,
-                            init_stages=init_stages)
+                return _fit(
+                    cfg,
+                    data,
+                    out,
+                    dist,
+                    resume=resume,
+                    split_csv=split_csv,
+                    progress=progress and dist.is_main,
+                    init_from=init_from,
+                    until=until,
+                    init_stages=init_stages,
+                )
             except Exception:
                 # a failed start (bad data, split, ...) must not leave a folder that blocks the corrected retry
                 if dist.is_main and fresh and not (out / "checkpoints" / "last.pt").exists():
@@ -292,8 +341,9 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, init_from,
-               world_size: int, init_stages=None) -> tuple[RunFolder, Config, RunData | None, Any, dict[str, Any] | None]:
+def _start_run(
+    cfg: Config, data, out, resume: bool, split_csv, progress: bool, init_from, world_size: int, init_stages=None
+) -> tuple[RunFolder, Config, RunData | None, Any, dict[str, Any] | None]:
     """Open (or resume) the run folder and write config.json, run.json, split.csv and skipped.csv: rank 0's work.
     Returns (run, cfg, data, (init_from, init_stages), metrics of a run that is already complete)."""
     run = RunFolder.open(out, resume)
@@ -301,8 +351,10 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
         saved = Config.from_dict(read_json(run.path / "config.json")["config"])
         diff = config_diff(saved, cfg)
         if diff:
-            raise RunFolderError(f"cannot resume {run.path} with a different configuration ({', '.join(diff[:5])}); "
-                                 "choose another --out for a new run")
+            raise RunFolderError(
+                f"cannot resume {run.path} with a different configuration ({', '.join(diff[:5])}); "
+                "choose another --out for a new run"
+            )
         cfg = saved if cfg.train.device == saved.train.device else cfg
     else:
         validate(cfg)
@@ -315,11 +367,20 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
     cfg = replace(cfg, model=replace(cfg.model, num_classes=len(classes)))
     if not (run.path / "config.json").exists():
         write_json(run.path / "config.json", {"config": cfg.to_dict(), "emotionlib": __version__})
-        write_json(run.path / "run.json", {"data_root": str(rd.index.root.resolve()), "classes": classes,
-                                           "variant": cfg.model.variant, "profile": cfg.profile,
-                                           "torch": torch.__version__, "init_from": str(init_from) if init_from else None,
-                                           "init_stages": init_stages,
-                                           "world_size": world_size, "threads": [current_threads()]})
+        write_json(
+            run.path / "run.json",
+            {
+                "data_root": str(rd.index.root.resolve()),
+                "classes": classes,
+                "variant": cfg.model.variant,
+                "profile": cfg.profile,
+                "torch": torch.__version__,
+                "init_from": str(init_from) if init_from else None,
+                "init_stages": init_stages,
+                "world_size": world_size,
+                "threads": [current_threads()],
+            },
+        )
     elif not run.complete:  # resumed: each start's thread count, so that runs are compared knowingly
         meta = read_json(run.path / "run.json")
         meta["threads"] = meta.get("threads", []) + [current_threads()]
@@ -330,12 +391,24 @@ def _start_run(cfg: Config, data, out, resume: bool, split_csv, progress: bool, 
     return run, cfg, rd, (init_from, init_stages), None
 
 
-def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progress: bool, init_from,
-         until: str | None, init_stages: list[str] | None = None) -> dict[str, Any]:
+def _fit(
+    cfg: Config,
+    data,
+    out,
+    dist: Dist,
+    *,
+    resume: bool,
+    split_csv,
+    progress: bool,
+    init_from,
+    until: str | None,
+    init_stages: list[str] | None = None,
+) -> dict[str, Any]:
     """Sec. 4.1's schedule as a loop over named steps: open the run, build the model, restore a checkpoint, then
     per stage its optimisers, its loader and its epochs, each epoch validated and checkpointed."""
     run, cfg, rd, (init_from, init_stages), complete = dist.on_main(
-        lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size, init_stages))
+        lambda: _start_run(cfg, data, out, resume, split_csv, progress, init_from, dist.world_size, init_stages)
+    )
     if complete is not None:
         return complete
     set_deterministic(cfg.train.deterministic)
@@ -352,8 +425,9 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
                 return {"stopped_after_stage": until}
             continue
         first_epoch = start_epoch if si == start_stage else 0
-        optimizers, schedulers, modules = _stage_optimizers(model, stage, cfg, frozen,
-                                                            state if si == start_stage and first_epoch > 0 else None)
+        optimizers, schedulers, modules = _stage_optimizers(
+            model, stage, cfg, frozen, state if si == start_stage and first_epoch > 0 else None
+        )
         loader = _train_loader(loaders, stage, rd, cfg, dist)
         step = _stage_step(model, stage, modules, cfg, dist)
         n_epochs = stage_epochs(stage, cfg)
@@ -366,10 +440,18 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
             if dist.is_main:
                 row["val_acc"] = _validate(model, stage, epoch, n_epochs, val_loader, cfg, device)
                 run.append_summary({"stage": stage.name, "epoch": epoch + 1, "lr": lr, **row})
-                save_checkpoint(run.last, {"model": model.state_dict(), "stage": si, "epoch": epoch + 1,
-                                           "optimizers": [o.state_dict() for o in optimizers],
-                                           "schedulers": [s.state_dict() for s in schedulers],
-                                           "done_stages": sorted(done_stages), "config": cfg.to_dict()})
+                save_checkpoint(
+                    run.last,
+                    {
+                        "model": model.state_dict(),
+                        "stage": si,
+                        "epoch": epoch + 1,
+                        "optimizers": [o.state_dict() for o in optimizers],
+                        "schedulers": [s.state_dict() for s in schedulers],
+                        "done_stages": sorted(done_stages),
+                        "config": cfg.to_dict(),
+                    },
+                )
             dist.barrier()
         bar.close()
         dist.check_in_sync(model, device)
@@ -383,8 +465,9 @@ def _fit(cfg: Config, data, out, dist: Dist, *, resume: bool, split_csv, progres
     return dist.on_main(lambda: finish(model, cfg, rd, run, device))
 
 
-def _build_model(cfg: Config, device: torch.device, init_from, init_stages) -> tuple[UnifiedCNNRNN, list[Stage],
-                                                                                       set[str], set[str]]:
+def _build_model(
+    cfg: Config, device: torch.device, init_from, init_stages
+) -> tuple[UnifiedCNNRNN, list[Stage], set[str], set[str]]:
     """The seeded model, its stages, the modules copied frozen from `init_from` and the CNN stages that leaves
     with nothing to train."""
     torch.manual_seed(derive_seed(cfg.train.seed, "init"))
@@ -399,8 +482,9 @@ def _build_model(cfg: Config, device: torch.device, init_from, init_stages) -> t
     return model, stages, frozen, done
 
 
-def _restore(run: RunFolder, model: UnifiedCNNRNN, stages: list[Stage], device: torch.device,
-             dist: Dist) -> tuple[dict[str, Any] | None, int, int, set[str]]:
+def _restore(
+    run: RunFolder, model: UnifiedCNNRNN, stages: list[Stage], device: torch.device, dist: Dist
+) -> tuple[dict[str, Any] | None, int, int, set[str]]:
     """Where a resumed run goes on: (last.pt's payload or None, stage index, epochs done in it, stages done), the
     model loaded from last.pt or, where it is lost, from the latest finished stage's checkpoint; summary.csv is
     cut back to that point. (None, 0, 0, {}) for a fresh run."""
@@ -408,8 +492,10 @@ def _restore(run: RunFolder, model: UnifiedCNNRNN, stages: list[Stage], device: 
     if run.last.exists():
         state = load_checkpoint(run.last, device)
         if not {"model", "stage", "epoch"} <= set(state):
-            raise CheckpointError(f"checkpoint {run.last} is not a resumable checkpoint of emotionlib (it lacks "
-                                  f"{', '.join(sorted({'model', 'stage', 'epoch'} - set(state)))})")
+            raise CheckpointError(
+                f"checkpoint {run.last} is not a resumable checkpoint of emotionlib (it lacks "
+                f"{', '.join(sorted({'model', 'stage', 'epoch'} - set(state)))})"
+            )
         load_model_state(model, state["model"], run.last)
         start_stage, start_epoch = state["stage"], state["epoch"]
         done = set(state.get("done_stages", []))
@@ -422,15 +508,16 @@ def _restore(run: RunFolder, model: UnifiedCNNRNN, stages: list[Stage], device: 
             start_stage = si + 1
             done = {st.name for st in stages[: si + 1]}
         elif read_summary(run.path / "summary.csv"):
-            raise RunFolderError(f"cannot resume {run.path}: {run.last} is missing and no stage finished, so the "
-                                 "epochs in summary.csv cannot be continued; choose another --out for a new run")
+            raise RunFolderError(
+                f"cannot resume {run.path}: {run.last} is missing and no stage finished, so the "
+                "epochs in summary.csv cannot be continued; choose another --out for a new run"
+            )
     if dist.is_main and (run.path / "summary.csv").exists():  # rows past the checkpoint would repeat: drop them
         run.truncate_summary([st.name for st in stages], start_stage, start_epoch)
     return state, start_stage, start_epoch, done
 
 
-def _stage_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config, frozen: set[str],
-                      state: dict[str, Any] | None):
+def _stage_optimizers(model: UnifiedCNNRNN, stage: Stage, cfg: Config, frozen: set[str], state: dict[str, Any] | None):
     """(optimisers, staircase schedulers, modules trained) of one stage, restored from `state` mid-stage."""
     optimizers, modules = make_optimizers(model, stage, cfg, frozen)
     schedulers = [torch.optim.lr_scheduler.StepLR(o, cfg.train.lr_step, cfg.train.lr_gamma) for o in optimizers]
@@ -447,10 +534,11 @@ def _train_loader(cache: dict[str, DataLoader], stage: Stage, rd: RunData, cfg: 
     kind = "fusion" if stage.name == "fusion" else "pairs"
     if kind not in cache:
         targets, n_ranks, rank = rd.train.targets, dist.world_size, dist.rank
-        sampler = (ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed, n_ranks, rank)
-                   if kind == "fusion" else
-                   PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed, n_ranks,
-                                    rank))
+        sampler = (
+            ShuffleBatchSampler(len(targets), cfg.train.batch_size, cfg.train.seed, n_ranks, rank)
+            if kind == "fusion"
+            else PairBatchSampler(targets, cfg.train.batch_size, cfg.data.same_fraction, cfg.train.seed, n_ranks, rank)
+        )
         cache[kind] = make_loader(rd.train, rd.index.classes, cfg, train=True, batch_sampler=sampler)
     return cache[kind]
 
@@ -463,8 +551,9 @@ def _stage_step(model: UnifiedCNNRNN, stage: Stage, modules: list[nn.Module], cf
     return torch.compile(step) if cfg.train.compile else step
 
 
-def _run_epoch(model, stage, si, epoch, modules, loader, optimizers, cfg, device, bar, step, dist,
-               run: RunFolder) -> dict[str, Any]:
+def _run_epoch(
+    model, stage, si, epoch, modules, loader, optimizers, cfg, device, bar, step, dist, run: RunFolder
+) -> dict[str, Any]:
     """One seeded epoch: a resumed epoch draws what an uninterrupted one draws."""
     set_trainable(model, modules)
     torch.manual_seed(derive_seed(cfg.train.seed, si, epoch, *(("rank", dist.rank) if dist.rank else ())))  # dropout
@@ -473,8 +562,10 @@ def _run_epoch(model, stage, si, epoch, modules, loader, optimizers, cfg, device
     try:
         return train_one_epoch(model, stage, loader, optimizers, cfg, device, bar, step, dist)
     except TrainingError as e:
-        raise TrainingError(f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
-                            f"{run.last if run.last.exists() else 'none'}") from None
+        raise TrainingError(
+            f"{e} (stage {stage.name}, epoch {epoch + 1}); the last good checkpoint is "
+            f"{run.last if run.last.exists() else 'none'}"
+        ) from None
 
 
 def _validate(model, stage: Stage, epoch: int, n_epochs: int, val_loader, cfg: Config, device) -> float:
@@ -489,12 +580,23 @@ def _validate(model, stage: Stage, epoch: int, n_epochs: int, val_loader, cfg: C
 
 def _save_stage(run: RunFolder, model: UnifiedCNNRNN, cfg: Config, si: int, stage: Stage, done: set[str]) -> None:
     save_checkpoint(run.checkpoints / f"stage-{stage.name}.pt", {"model": model.state_dict(), "config": cfg.to_dict()})
-    save_checkpoint(run.last, {"model": model.state_dict(), "stage": si + 1, "epoch": 0, "optimizers": [],
-                               "schedulers": [], "done_stages": sorted(done), "config": cfg.to_dict()})
+    save_checkpoint(
+        run.last,
+        {
+            "model": model.state_dict(),
+            "stage": si + 1,
+            "epoch": 0,
+            "optimizers": [],
+            "schedulers": [],
+            "done_stages": sorted(done),
+            "config": cfg.to_dict(),
+        },
+    )
 
 
-def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
-                  init_stages: list[str] | None = None) -> set[str]:
+def init_from_run(
+    model: UnifiedCNNRNN, base: Path, stages: list[Stage], init_stages: list[str] | None = None
+) -> set[str]:
     """Start from another run's CNN (a run folder's model.pt, or any of its checkpoint files): copy every tensor
     whose name and shape agree, and freeze the modules copied whole. Returns the names of the modules to keep
     frozen; a CNN stage none of whose modules needs training is skipped. So a 5-branch fusion variant goes straight
@@ -507,10 +609,18 @@ def init_from_run(model: UnifiedCNNRNN, base: Path, stages: list[Stage],
     own = model.state_dict()
     allowed = None
     if init_stages is not None:
-        allowed = {n for st in stages if st.name in init_stages
-                   for _, mod in model.stage_modules(st) for n, _ in _named_in(model, mod)}
-    copied = {k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")
-              and (allowed is None or k in allowed)}
+        allowed = {
+            n
+            for st in stages
+            if st.name in init_stages
+            for _, mod in model.stage_modules(st)
+            for n, _ in _named_in(model, mod)
+        }
+    copied = {
+        k
+        for k, v in src.items()
+        if k in own and own[k].shape == v.shape and not k.startswith("head.") and (allowed is None or k in allowed)
+    }
     own.update({k: src[k] for k in copied})
     model.load_state_dict(own)
     frozen = set()
@@ -534,15 +644,24 @@ def _named_in(model: nn.Module, module: nn.Module):
 def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, device: torch.device) -> dict[str, Any]:
     """Five-crop evaluation on the test and validation splits; metrics.json, predictions.csv, model.pt."""
     classes = rd.index.classes
-    metrics: dict[str, Any] = {"variant": cfg.model.variant, "profile": cfg.profile, "seed": cfg.train.seed,
-                               "device": str(device), "rnn_cell": cfg.model.rnn_cell, "classes": classes,
-                               "n_train": len(rd.train.samples), "n_val": len(rd.val.samples),
-                               "n_test": len(rd.test.samples), "n_skipped": len(rd.index.skipped)}
+    metrics: dict[str, Any] = {
+        "variant": cfg.model.variant,
+        "profile": cfg.profile,
+        "seed": cfg.train.seed,
+        "device": str(device),
+        "rnn_cell": cfg.model.rnn_cell,
+        "classes": classes,
+        "n_train": len(rd.train.samples),
+        "n_val": len(rd.val.samples),
+        "n_test": len(rd.test.samples),
+        "n_skipped": len(rd.index.skipped),
+    }
     test_loader = make_loader(rd.test, classes, cfg, train=False)
     p, branch_p, y, idx = predict_all(model, test_loader, device, cfg.train.amp)
     s = summarise_predictions(y, p, classes)
-    metrics.update(test_accuracy=s["accuracy"], per_class_tpr=s["per_class_tpr"], mean_tpr=s["mean_tpr"],
-                   confusion=s["confusion"])
+    metrics.update(
+        test_accuracy=s["accuracy"], per_class_tpr=s["per_class_tpr"], mean_tpr=s["mean_tpr"], confusion=s["confusion"]
+    )
     if rd.val.samples:
         pv, yv, _ = predict_probs(model, make_loader(rd.val, classes, cfg, train=False), device, None, cfg.train.amp)
         metrics["val_accuracy"] = accuracy(pv, yv)
@@ -553,8 +672,10 @@ def finish(model: UnifiedCNNRNN, cfg: Config, rd: RunData, run: RunFolder, devic
     metrics["branch_test_accuracy_after_fusion"] = {k: accuracy(branch_p[k], y) for k in model.feature_keys}
     metrics["branch_test_accuracy_at_stage"] = stage_branch_accuracy(cfg, run, test_loader, device)
     write_predictions(run.path / "predictions.csv", rd.test, classes, p, y, idx)
-    save_checkpoint(run.checkpoints / "model.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
-                                                    "classes": classes, "emotionlib": __version__})
+    save_checkpoint(
+        run.checkpoints / "model.pt",
+        {"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes, "emotionlib": __version__},
+    )
     write_json(run.path / "metrics.json", metrics, strict=True)  # an empty val split: null, not a bare NaN
     return metrics
 
@@ -571,18 +692,38 @@ def stage_branch_accuracy(cfg: Config, run: RunFolder, loader: DataLoader, devic
     return {k: accuracy(branch_p[k], y) for k in model.feature_keys}
 
 
-def write_predictions(path: Path, part: DatasetIndex, classes: list[str], probs: np.ndarray, targets: np.ndarray,
-                      idx: np.ndarray) -> None:
+def write_predictions(
+    path: Path, part: DatasetIndex, classes: list[str], probs: np.ndarray, targets: np.ndarray, idx: np.ndarray
+) -> None:
     rows = []
     for p, y, i in zip(probs, targets, idx):
         pred = int(p.argmax())
-        rows.append([relative_path(part.samples[int(i)].path, part.root), classes[int(y)], classes[pred],
-                     int(pred == int(y)), *[f"{v:.6f}" for v in p]])
+        rows.append(
+            [
+                relative_path(part.samples[int(i)].path, part.root),
+                classes[int(y)],
+                classes[pred],
+                int(pred == int(y)),
+                *[f"{v:.6f}" for v in p],
+            ]
+        )
     write_csv(path, ["path", "label", "pred", "correct", *[f"p_{c}" for c in classes]], rows)
 
 
 # RunFolder, read_summary, the checkpoint helpers and TrainingError live in checkpoint.py and errors.py; they stay
 # importable from here, where the notebooks and scripts that train reach for them.
-__all__ = ["fit", "train_one_epoch", "RunFolder", "load_run", "load_checkpoint", "save_checkpoint", "TrainingError",
-           "read_summary", "load_model_state",
-           "set_trainable", "all_stages", "derive_seed", "ShuffleBatchSampler"]
+__all__ = [
+    "fit",
+    "train_one_epoch",
+    "RunFolder",
+    "load_run",
+    "load_checkpoint",
+    "save_checkpoint",
+    "TrainingError",
+    "read_summary",
+    "load_model_state",
+    "set_trainable",
+    "all_stages",
+    "derive_seed",
+    "ShuffleBatchSampler",
+]

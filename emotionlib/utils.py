@@ -1,4 +1,5 @@
 """Small shared helpers: atomic writes (text, JSON, CSV), dataset-relative paths, file hashes, seeding, devices."""
+
 from __future__ import annotations
 
 import csv
@@ -76,8 +77,9 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         f.seek(0)
         pid = f.read().strip() or "?"
         f.close()
-        raise RunFolderError(f"run folder {folder} is in use by process {pid}; wait for it to finish, or choose "
-                             "another --out") from None
+        raise RunFolderError(
+            f"run folder {folder} is in use by process {pid}; wait for it to finish, or choose another --out"
+        ) from None
     try:
         f.seek(0)
         f.truncate()
@@ -275,7 +277,17 @@ def progress_bar(total: int, desc: str, enabled: bool = True, file=None, **kw):
         return widget_tqdm(total=total, desc=desc, disable=not enabled, file=file, **kw)
     stream = sys.stderr if file is None else file
     if hasattr(stream, "isatty") and stream.isatty():
-        return std_tqdm(total=total, desc=desc, disable=not enabled, file=stream,
-                        **{"mininterval": 0.1, "dynamic_ncols": True, **kw})
-    return _line_bar()(total=total, desc=desc, disable=not enabled, file=stream,
-                       **{"mininterval": 30.0, "ascii": True, "ncols": 100, **kw})
+        return std_tqdm(
+            total=total,
+            desc=desc,
+            disable=not enabled,
+            file=stream,
+            **{"mininterval": 0.1, "dynamic_ncols": True, **kw},
+        )
+    return _line_bar()(
+        total=total,
+        desc=desc,
+        disable=not enabled,
+        file=stream,
+        **{"mininterval": 30.0, "ascii": True, "ncols": 100, **kw},
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny images and a tiny FI-style folder, generated in tmp_path."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The ablation sweep (Table 1) and the Fig. 6 comparison, on tiny generated data and toy features."""
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,11 +32,19 @@ def tiny(**over):
 
 def part_of(data: Path, n: int = 12) -> DatasetIndex:
     index = open_dataset(data)
-    return DatasetIndex(index.root, index.classes, index.samples[::len(index.samples) // n][:n], [])
+    return DatasetIndex(index.root, index.classes, index.samples[:: len(index.samples) // n][:n], [])
 
 
-def toy_features(n_per_class: int, views: int, t: int = 5, d: int = 16, classes: int = 4, seed: int = 0,
-                 noise_seed: int = 1, separation: float = 3.0) -> Features:
+def toy_features(
+    n_per_class: int,
+    views: int,
+    t: int = 5,
+    d: int = 16,
+    classes: int = 4,
+    seed: int = 0,
+    noise_seed: int = 1,
+    separation: float = 3.0,
+) -> Features:
     """Each class has its own mean feature vector at every step (drawn from `seed`); noise from `noise_seed`."""
     means = torch.randn(classes, t, d, generator=torch.Generator().manual_seed(seed)) * separation
     g = torch.Generator().manual_seed(noise_seed)
@@ -43,8 +52,15 @@ def toy_features(n_per_class: int, views: int, t: int = 5, d: int = 16, classes:
     v = (means[y][:, None] + 0.5 * torch.randn(len(y), views, t, d, generator=g)).relu()
     logits = torch.randn(len(y), views, t, classes, generator=g)
     names = [f"c{i}" for i in range(classes)]
-    return Features(v, logits, y, ["branch1", "branch2", "branch3", "branch4", "main"][-t:], names,
-                    [f"img{i}.jpg" for i in range(len(y))], "toy")
+    return Features(
+        v,
+        logits,
+        y,
+        ["branch1", "branch2", "branch3", "branch4", "main"][-t:],
+        names,
+        [f"img{i}.jpg" for i in range(len(y))],
+        "toy",
+    )
 
 
 # ----------------------------------------------------------------------------- feature cache
@@ -146,9 +162,15 @@ def test_head_on_separable_features_beats_chance(variant):
 def test_head_on_noise_stays_near_chance():
     cfg = tiny(**{"train.fusion_epochs": 5})
     g = torch.Generator().manual_seed(3)
-    noise = lambda n, v: Features(torch.randn(n, v, 5, 16, generator=g), torch.zeros(n, v, 5, 4),  # noqa: E731
-                                  torch.arange(4).repeat(n // 4), ["branch1", "branch2", "branch3", "branch4", "main"],
-                                  ["a", "b", "c", "d"], [str(i) for i in range(n)], "toy")
+    noise = lambda n, v: Features(
+        torch.randn(n, v, 5, 16, generator=g),
+        torch.zeros(n, v, 5, 4),  # noqa: E731
+        torch.arange(4).repeat(n // 4),
+        ["branch1", "branch2", "branch3", "branch4", "main"],
+        ["a", "b", "c", "d"],
+        [str(i) for i in range(n)],
+        "toy",
+    )
     _, m = train_head("gru", {"train": noise(200, 10), "test": noise(400, 5)}, cfg)
     assert 0.15 < m["test_accuracy"] < 0.37
 
@@ -235,8 +257,9 @@ def test_sweep_table_has_every_variant_and_the_papers_numbers(sweep, base_run):
 
 
 def test_claims_put_the_papers_comparison_beside_this_runs():
-    df = pd.DataFrame({"variant": ["ensemble", "softmax", "bigru", "gru", "max"],
-                       "this_run_test_acc": [50.0, 40.0, 60.0, 60.0, 70.0]})
+    df = pd.DataFrame(
+        {"variant": ["ensemble", "softmax", "bigru", "gru", "max"], "this_run_test_acc": [50.0, 40.0, 60.0, 60.0, 70.0]}
+    )
     c = ablation.compare_claims(df).set_index("comparison")
     assert list(c.index) == ["ensemble vs softmax", "bigru vs ensemble", "bigru vs gru", "bigru vs max"]
     assert c.loc["ensemble vs softmax", "paper_FI_diff"] == round(66.78 - 59.61, 2)
@@ -324,11 +347,17 @@ def test_confusion_figure_has_three_panels_on_one_scale():
     import matplotlib.pyplot as plt
 
     cm = np.eye(8)
-    fig = ablation.plot_confusions(cm, ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear",
-                                        "sadness"], "this run (synthetic, smoke)")
+    fig = ablation.plot_confusions(
+        cm,
+        ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"],
+        "this run (synthetic, smoke)",
+    )
     heat = [a for a in fig.axes if a.get_title()]
-    assert [a.get_title() for a in heat] == ["this run (synthetic, smoke)", "MldrNet, FI (paper)",
-                                             "Bi-GRU (Zhu et al.), FI (paper)"]
+    assert [a.get_title() for a in heat] == [
+        "this run (synthetic, smoke)",
+        "MldrNet, FI (paper)",
+        "Bi-GRU (Zhu et al.), FI (paper)",
+    ]
     for a in heat:
         assert a.collections[0].get_clim() == (0.0, 1.0)
         assert [t.get_text() for t in a.get_yticklabels()][6] == "fear"
@@ -337,8 +366,9 @@ def test_confusion_figure_has_three_panels_on_one_scale():
 
 
 def test_top_confusions_are_the_largest_off_diagonal_entries():
-    top = ablation.top_confusions(FIG6_OURS, ["amusement", "anger", "awe", "contentment", "disgust", "excitement",
-                                              "fear", "sadness"], k=2)
+    top = ablation.top_confusions(
+        FIG6_OURS, ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"], k=2
+    )
     assert top == [("excitement", "amusement", 0.17), ("fear", "sadness", 0.14)]
 
 
@@ -346,8 +376,8 @@ def test_cue_errors_count_the_cues_an_error_gets_wrong():
     from emotionlib.synth import CLASSES
 
     cm = np.eye(8) * 8
-    cm[0, 0], cm[0, 1] = 6, 2   # amusement -> anger: same colour and texture, shape wrong
-    cm[4, 4], cm[4, 0] = 6, 2   # disgust -> amusement: colour wrong only
+    cm[0, 0], cm[0, 1] = 6, 2  # amusement -> anger: same colour and texture, shape wrong
+    cm[4, 4], cm[4, 0] = 6, 2  # disgust -> amusement: colour wrong only
     shares = ablation.cue_errors(cm, CLASSES)
     assert shares.to_dict() == pytest.approx({"colour": 0.5, "texture": 0.0, "shape": 0.5})
     assert np.isnan(ablation.cue_errors(np.eye(8), CLASSES)["colour"])  # no errors, no shares
@@ -362,10 +392,15 @@ def _tiny_bigru_features(n=12, views=2, seed=0):
     T, D = len(model.feature_keys), model.head.rnn.fwd.W_v.in_features
     V = torch.randn(n, views, T, D, generator=g)
     V[:, :, 2] = 0  # V_3 is zero already: zeroing it must change nothing
-    feats = Features(V=V, logits=torch.zeros(n, views, T, cfg.model.num_classes),
-                     targets=torch.randint(0, cfg.model.num_classes, (n,), generator=g), keys=list(model.feature_keys),
-                     classes=[str(i) for i in range(cfg.model.num_classes)], paths=[f"{i}.jpg" for i in range(n)],
-                     views="five")
+    feats = Features(
+        V=V,
+        logits=torch.zeros(n, views, T, cfg.model.num_classes),
+        targets=torch.randint(0, cfg.model.num_classes, (n,), generator=g),
+        keys=list(model.feature_keys),
+        classes=[str(i) for i in range(cfg.model.num_classes)],
+        paths=[f"{i}.jpg" for i in range(n)],
+        views="five",
+    )
     return model, feats
 
 

@@ -1,5 +1,6 @@
 """Baselines of Table 1: hand-crafted features (exact values on toy images), one against all vs scikit-learn,
 ImageNet weight files (loading, wrong shapes, pickled code), and each baseline end to end on tiny data."""
+
 import colorsys
 import csv
 import json
@@ -185,6 +186,7 @@ def test_weights_come_from_torchvisions_cache_or_say_random_init(tmp_path, monke
 
 # ----------------------------------------------------------------------------- end to end
 
+
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -204,8 +206,9 @@ def test_handcrafted_svm_end_to_end(tiny_data, tmp_path):
     for name in ("run.json", "split.csv", "skipped.csv", "metrics.json"):
         assert (tmp_path / "hc" / name).exists()
     # deterministic; another run can reuse the split (the same test images); resume returns the finished metrics
-    again = B.run_baseline("handcrafted-svm", tiny_cfg(), tiny_data, tmp_path / "hc2",
-                           split_csv=tmp_path / "hc/split.csv", progress=False)
+    again = B.run_baseline(
+        "handcrafted-svm", tiny_cfg(), tiny_data, tmp_path / "hc2", split_csv=tmp_path / "hc/split.csv", progress=False
+    )
     assert again["confusion"] == m["confusion"]
     assert (tmp_path / "hc2/split.csv").read_text() == (tmp_path / "hc/split.csv").read_text()
     done = B.run_baseline("handcrafted-svm", tiny_cfg(), None, tmp_path / "hc", resume=True)
@@ -228,8 +231,11 @@ def test_alexnet_svm_from_random_init_end_to_end(tiny_data, tmp_path):
 def test_resnet101_fine_tuned_from_a_weights_file_end_to_end(tiny_data, tmp_path, resnet_weights):
     m = B.run_baseline("resnet101", tiny_cfg(), tiny_data, tmp_path / "rn", weights=resnet_weights, progress=False)
     assert m["pretrained"] is True and m["weights"] == str(resnet_weights)
-    assert m["paper_table1"] == {"row": "ResNet-101", "fi_accuracy_percent": 60.82,
-                                 "note": "the paper's number on FI, for reference; not measured by this run"}
+    assert m["paper_table1"] == {
+        "row": "ResNet-101",
+        "fi_accuracy_percent": 60.82,
+        "note": "the paper's number on FI, for reference; not measured by this run",
+    }
     assert [r["stage"] for r in _rows(tmp_path / "rn/summary.csv")] == ["resnet101"]
     p = np.array([[float(r[f"p_{c}"]) for c in m["classes"]] for r in _rows(tmp_path / "rn/predictions.csv")])
     assert p.shape == (8, 8) and np.allclose(p.sum(1), 1, atol=1e-5)
@@ -247,13 +253,28 @@ def test_a_wrong_weights_file_fails_before_anything_is_written(tiny_data, tmp_pa
 
 
 def test_cli_trains_a_baseline_and_errors_are_one_line(tiny_data, tmp_path, capsys):
-    rc = main(["train", "--variant", "handcrafted-svm", "--profile", "tiny", "--batch-size", "16", "--data",
-               str(tiny_data), "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "train",
+            "--variant",
+            "handcrafted-svm",
+            "--profile",
+            "tiny",
+            "--batch-size",
+            "16",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and out["variant"] == "handcrafted-svm" and out["profile"] == "tiny"
-    for argv, needle in ((["--variant", "resnet101", "--weights", str(tmp_path / "nope.pth")], "nope.pth does not exist"),
-                         (["--variant", "bigru", "--weights", "x.pth"], "--weights applies to the baselines"),
-                         (["--variant", "alexnet-svm", "--init-from", str(tmp_path)], "--init-from")):
+    for argv, needle in (
+        (["--variant", "resnet101", "--weights", str(tmp_path / "nope.pth")], "nope.pth does not exist"),
+        (["--variant", "bigru", "--weights", "x.pth"], "--weights applies to the baselines"),
+        (["--variant", "alexnet-svm", "--init-from", str(tmp_path)], "--init-from"),
+    ):
         rc = main(["train", "--profile", "tiny", "--data", str(tiny_data), "--out", str(tmp_path / "r2"), *argv])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err

@@ -3,6 +3,7 @@
 Speed is measured by `emotionlib bench`, not asserted here: on a shared machine a timed test only measures the
 neighbours.
 """
+
 import json
 import os
 from pathlib import Path
@@ -36,9 +37,11 @@ def photo(path: Path, size=(60, 44), seed=0, fmt="JPEG", exif_orientation=None) 
 
 
 def images(tmp_path) -> list[Sample]:
-    return [Sample(photo(tmp_path / "img" / "a.jpg", (60, 44), 0), "awe"),
-            Sample(photo(tmp_path / "img" / "b.png", (41, 70), 1, "PNG"), "fear"),       # portrait
-            Sample(photo(tmp_path / "img" / "c.jpg", (50, 36), 2, exif_orientation=6), "awe")]  # rotated by EXIF
+    return [
+        Sample(photo(tmp_path / "img" / "a.jpg", (60, 44), 0), "awe"),
+        Sample(photo(tmp_path / "img" / "b.png", (41, 70), 1, "PNG"), "fear"),  # portrait
+        Sample(photo(tmp_path / "img" / "c.jpg", (50, 36), 2, exif_orientation=6), "awe"),
+    ]  # rotated by EXIF
 
 
 def datasets(samples, cache_dir, train, resize=40, crop=32, seed=3):
@@ -174,8 +177,13 @@ def test_quick_bench_writes_json_and_markdown(tmp_path, capsys):
     names = [g["goal"] for g in res["goals"]]
     assert any("later epoch" in n for n in names) and any("ablation" in n for n in names)
     assert all(set(g) == {"goal", "value", "target", "met", "note"} for g in res["goals"])
-    for heading in ("| goal | measured | target | met |", "## Input pipeline", "## Ablation sweep",
-                    "## Training throughput", "## Inference"):
+    for heading in (
+        "| goal | measured | target | met |",
+        "## Input pipeline",
+        "## Ablation sweep",
+        "## Training throughput",
+        "## Inference",
+    ):
         assert heading in md
 
 

@@ -4,6 +4,7 @@ it, moves a control, checks that the displayed prediction changes and saves a sc
 /tmp/explorer.png or EXPLORER_SCREENSHOT); checks that a progress bar renders as a widget; then it opens every
 notebook of the ordered set and checks that each renders without an error output. Works in a temporary copy:
 nothing is saved back. Without Chromium it is skipped with the command that installs it; under CI=true it fails."""
+
 from __future__ import annotations
 
 import json
@@ -72,27 +73,48 @@ def lab(browser_exe, tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", work / "notebooks")
     data = generate(work / "data" / "synthetic", per_class=16, size=80, progress=False)
     # a few epochs more than the tiny profile's one, so that a flipped cue can move the prediction (~5 s)
-    cfg = get_config("tiny", **{"train.device": "cpu", "train.stage_epochs": 4, "train.fusion_epochs": 3,
-                                "train.lr_step": 3})
+    cfg = get_config(
+        "tiny", **{"train.device": "cpu", "train.stage_epochs": 4, "train.fusion_epochs": 3, "train.lr_step": 3}
+    )
     fit(cfg, data, work / "runs" / "smoke" / "train", progress=False)
     settings = work / "settings"
-    for name, value in {"notebook-extension/tracker": {"windowingMode": "none"},  # every cell in the DOM
-                        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}.items():
+    for name, value in {
+        "notebook-extension/tracker": {"windowingMode": "none"},  # every cell in the DOM
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }.items():
         path = settings / "@jupyterlab" / f"{name}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
     port, token = _free_port(), "emotionlib-browser-test"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "JUPYTER_CONFIG_DIR": str(work / "jupyter-config"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "JUPYTER_CONFIG_DIR": str(work / "jupyter-config"),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop(NO_WIDGETS_ENV, None)  # a front end renders widgets here
     log = open(work / "lab.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work / 'notebooks'}",
-         f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={work / 'workspaces'}",
-         "--LabApp.expose_app_in_browser=True", "--ServerApp.port_retries=0",
-         *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],  # CI runs as root
-        cwd=work / "notebooks", env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work / 'notebooks'}",
+            f"--LabApp.user_settings_dir={settings}",
+            f"--LabApp.workspaces_dir={work / 'workspaces'}",
+            "--LabApp.expose_app_in_browser=True",
+            "--ServerApp.port_retries=0",
+            *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+        ],  # CI runs as root
+        cwd=work / "notebooks",
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -169,12 +191,14 @@ def test_the_explorer_runs_and_follows_its_controls(page, lab, tmp_path):
         except PlaywrightTimeout:
             if attempt:
                 raise
-    page.wait_for_function("() => document.querySelector('.explorer-prediction').innerText.includes('prediction:')",
-                           timeout=180_000)
+    page.wait_for_function(
+        "() => document.querySelector('.explorer-prediction').innerText.includes('prediction:')", timeout=180_000
+    )
     before = status.inner_text()
     page.locator(".widget-toggle-button", has_text="compose").click()
-    page.wait_for_function("b => document.querySelector('.explorer-prediction').innerText !== b", arg=before,
-                           timeout=60_000)
+    page.wait_for_function(
+        "b => document.querySelector('.explorer-prediction').innerText !== b", arg=before, timeout=60_000
+    )
     after = status.inner_text()
     assert "prediction:" in after and after != before
     # flip one cue after another until the predicted class itself moves (the first flip does on the seeded data)
@@ -182,8 +206,9 @@ def test_the_explorer_runs_and_follows_its_controls(page, lab, tmp_path):
     for level in ("cool", "dots", "angular"):
         shown = status.inner_text()
         page.locator(".widget-toggle-button", has_text=level).click()
-        page.wait_for_function("b => document.querySelector('.explorer-prediction').innerText !== b", arg=shown,
-                               timeout=60_000)
+        page.wait_for_function(
+            "b => document.querySelector('.explorer-prediction').innerText !== b", arg=shown, timeout=60_000
+        )
         if _predicted(status.inner_text()) != _predicted(after):
             moved = True
             break
@@ -209,9 +234,14 @@ def test_a_progress_bar_is_a_widget_in_jupyterlab(page, lab):
     import nbformat
 
     _, _, work = lab
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from emotionlib.utils import progress_bar\n"
-        "bar = progress_bar(3, 'demo')\nfor _ in range(3):\n    bar.update(1)\nbar.close()")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "from emotionlib.utils import progress_bar\n"
+                "bar = progress_bar(3, 'demo')\nfor _ in range(3):\n    bar.update(1)\nbar.close()"
+            )
+        ]
+    )
     nb.metadata["kernelspec"] = {"name": "emotionlib", "display_name": "Python (emotionlib)", "language": "python"}
     nbformat.write(nb, work / "notebooks" / "progress.ipynb")
     _open(page, lab, "progress.ipynb")

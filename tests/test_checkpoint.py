@@ -1,4 +1,5 @@
 """The one way from a checkpoint file to (model, configuration), and the run folder's shared helpers."""
+
 from __future__ import annotations
 
 import pytest

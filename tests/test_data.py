@@ -1,4 +1,5 @@
 """The data layer: loaders, bad input, splits (Sec. 4.3), five crops (Sec. 4.1) and pairs (Eq. 3-5)."""
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,25 @@ from torchvision.transforms import InterpolationMode
 
 from conftest import write_image
 from emotionlib.data import (
-    IMAGENET_MEAN, IMAGENET_STD, MIKELS_EMOTIONS, DatasetIndex, EmotionDataset, PairBatchSampler, Sample,
-    five_crop_boxes, load_image, make_split, open_dataset, read_split, scan_artphoto, scan_folder, scan_iaps,
-    scan_manifest, summarise, write_loader_demo, write_split,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIKELS_EMOTIONS,
+    DatasetIndex,
+    EmotionDataset,
+    PairBatchSampler,
+    Sample,
+    five_crop_boxes,
+    load_image,
+    make_split,
+    open_dataset,
+    read_split,
+    scan_artphoto,
+    scan_folder,
+    scan_iaps,
+    scan_manifest,
+    summarise,
+    write_loader_demo,
+    write_split,
 )
 from emotionlib.errors import ConfigError, DataError
 
@@ -36,11 +53,11 @@ def read_rows(path: Path) -> list[list[str]]:
 
 
 def test_fi_folders(fi_folder):
-    (fi_folder / "README.txt").write_text("not data")           # metadata beside the folders: ignored
-    (fi_folder / ".DS_Store").write_bytes(b"\0\1")               # hidden: ignored
-    write_image(fi_folder / "stray.jpg")                         # an image outside the class folders
+    (fi_folder / "README.txt").write_text("not data")  # metadata beside the folders: ignored
+    (fi_folder / ".DS_Store").write_bytes(b"\0\1")  # hidden: ignored
+    write_image(fi_folder / "stray.jpg")  # an image outside the class folders
     index = scan_folder(fi_folder)
-    assert index.classes == ["amusement", "fear", "sadness"]     # Fig. 6 order, not alphabetical/on-disk
+    assert index.classes == ["amusement", "fear", "sadness"]  # Fig. 6 order, not alphabetical/on-disk
     assert index.counts() == {"amusement": 4, "fear": 3, "sadness": 5}
     assert index.targets == [0] * 4 + [1] * 3 + [2] * 5
     assert index.class_to_idx == {"amusement": 0, "fear": 1, "sadness": 2}
@@ -51,12 +68,19 @@ def test_fi_folders(fi_folder):
 
 def test_fi_flat_and_class_order(tmp_path):
     root = tmp_path / "flat"
-    for name in ("sadness_1.jpg", "Zebra_1.png", "amusement_0001.jpg", "awe_7.jpg", "disgust_3.png",
-                 "anger_2.jpg", "boredom_9.jpg"):
+    for name in (
+        "sadness_1.jpg",
+        "Zebra_1.png",
+        "amusement_0001.jpg",
+        "awe_7.jpg",
+        "disgust_3.png",
+        "anger_2.jpg",
+        "boredom_9.jpg",
+    ):
         write_image(root / name)
-    (root / "notes_1.psd").write_text("x")   # must not create a class "notes"
+    (root / "notes_1.psd").write_text("x")  # must not create a class "notes"
     (root / "factors.csv").write_text("path,label\n")  # metadata beside the images: ignored, not skipped
-    write_image(root / "cover.jpg")          # no <emotion>_<id>
+    write_image(root / "cover.jpg")  # no <emotion>_<id>
     index = scan_folder(root)
     # Mikels emotions in Fig. 6 order, then other names alphabetically
     assert index.classes == ["amusement", "anger", "awe", "disgust", "sadness", "boredom", "zebra"]
@@ -68,8 +92,7 @@ def test_fi_flat_and_class_order(tmp_path):
 
 
 def test_mikels_order_constant():
-    assert MIKELS_EMOTIONS == ("amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear",
-                               "sadness")
+    assert MIKELS_EMOTIONS == ("amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness")
 
 
 def test_open_dataset_dispatch(fi_folder, tmp_path):
@@ -96,18 +119,23 @@ def test_manifest_relative_absolute_and_split(tmp_path):
     assert index.root == m.parent
     assert index.classes == ["awe", "fear"]
     assert [(s.path, s.label, s.width, s.height, s.split) for s in index.samples] == [
-        (a, "awe", 9, 5, "train"), (b, "fear", 4, 6, "test")]
-    assert scan_manifest(m, classes=["fear", "awe", "joy"]).targets == [1, 0]   # the given order
+        (a, "awe", 9, 5, "train"),
+        (b, "fear", 4, 6, "test"),
+    ]
+    assert scan_manifest(m, classes=["fear", "awe", "joy"]).targets == [1, 0]  # the given order
 
 
-@pytest.mark.parametrize("body, message", [
-    ("a.png,awe\nmissing.png,fear\n", "missing.png: listed in"),
-    ("a.png,awe\nb.png,fera\n", "unknown label 'fera'"),
-    ("a.png,awe\nb.png,\n", "line 3 .*empty label"),
-    ("a.png,awe\n\nb.png,\n", "line 4 .*empty label"),          # line numbers as an editor counts them
-    ("a.png,awe\na.png,fear\n", "line 3 repeats a.png"),
-    ("a.png,awe,tarin\nb.png,fear,test\n", "unknown split 'tarin'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("a.png,awe\nmissing.png,fear\n", "missing.png: listed in"),
+        ("a.png,awe\nb.png,fera\n", "unknown label 'fera'"),
+        ("a.png,awe\nb.png,\n", "line 3 .*empty label"),
+        ("a.png,awe\n\nb.png,\n", "line 4 .*empty label"),  # line numbers as an editor counts them
+        ("a.png,awe\na.png,fear\n", "line 3 repeats a.png"),
+        ("a.png,awe,tarin\nb.png,fear,test\n", "unknown split 'tarin'"),
+    ],
+)
 def test_manifest_errors(tmp_path, body, message):
     write_image(tmp_path / "a.png")
     write_image(tmp_path / "b.png")
@@ -134,7 +162,7 @@ def test_artphoto(tmp_path):
     write_image(root / "cover.jpg")
     (root / "Thumbs.db").write_bytes(b"\0" * 10)
     index = scan_artphoto(root)
-    assert index.classes == ["amusement", "awe", "fear", "sadness"]   # `sad` means sadness
+    assert index.classes == ["amusement", "awe", "fear", "sadness"]  # `sad` means sadness
     assert index.counts() == {"amusement": 1, "awe": 1, "fear": 1, "sadness": 3}
     assert sorted(p.name for p, _ in index.skipped) == ["Thumbs.db", "cover.jpg"]
 
@@ -162,12 +190,12 @@ def make_iaps(tmp_path, anger=8):
     for k in range(10):  # excitement wins; decimal picture numbers
         pos.append((f"7{k}.1", "1.0", "1.0", "1.0", "1.0", "6.0"))
         write_image(img / f"7{k}.1.png", size=(8, 8))
-    pos.append(("5000", "n/a", "1", "2", "3", "4"))            # a rating missing
+    pos.append(("5000", "n/a", "1", "2", "3", "4"))  # a rating missing
     write_image(img / "5000.jpg", size=(8, 8))
-    neg.append(("6000", "F"))                                  # in both tables
+    neg.append(("6000", "F"))  # in both tables
     pos.append(("6000", "1", "1", "2", "3", "4"))
     write_image(img / "6000.jpg", size=(8, 8))
-    write_image(img / "9999.jpg", size=(8, 8))    # in neither norms file
+    write_image(img / "9999.jpg", size=(8, 8))  # in neither norms file
     write_image(img / "IAPS_1.jpg", size=(8, 8))  # not a picture number
     for name, rows in (("negative.csv", neg), ("positive.csv", pos)):
         with open(tmp_path / name, "w", newline="") as f:
@@ -197,7 +225,7 @@ def test_iaps(tmp_path):
 def test_iaps_keeps_anger_when_enough(tmp_path):
     img, neg, pos = make_iaps(tmp_path, anger=8)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # no class is under min_count=8: no warning
+        warnings.simplefilter("error")  # no class is under min_count=8: no warning
         index = scan_iaps(img, neg, pos, min_count=8)
     assert index.counts()["anger"] == 8
 
@@ -219,9 +247,9 @@ def test_make_split_stratified_and_seeded():
     assert per_class[0] == {"train": 80, "test": 15, "val": 5}
     assert per_class[1] == {"train": 32, "test": 6, "val": 2}
     assert per_class[2] == {"train": 16, "test": 3, "val": 1}
-    assert per_class[3] == {"train": 6, "test": 1}         # 5.6 / 1.05 / 0.35: largest remainder to train
-    assert make_split(targets, seed=3) == splits            # reproducible
-    assert make_split(targets, seed=4) != splits            # and the seed matters
+    assert per_class[3] == {"train": 6, "test": 1}  # 5.6 / 1.05 / 0.35: largest remainder to train
+    assert make_split(targets, seed=3) == splits  # reproducible
+    assert make_split(targets, seed=4) != splits  # and the seed matters
     assert set(splits) == {"train", "test", "val"} and len(splits) == len(targets)  # each sample in exactly one
 
 
@@ -239,10 +267,11 @@ def test_split_round_trip(fi_folder, tmp_path):
     write_split(index, splits, path)
     rows = read_rows(path)
     assert rows[0] == ["path", "label", "split"]
-    assert rows[1][0] == "amusement/amusement_0000.jpg"    # relative to the dataset root, posix
+    assert rows[1][0] == "amusement/amusement_0000.jpg"  # relative to the dataset root, posix
     back = read_split(path, root=fi_folder)
     assert [(s.path, s.label, s.split) for s in back.samples] == [
-        (s.path, s.label, sp) for s, sp in zip(index.samples, splits)]
+        (s.path, s.label, sp) for s, sp in zip(index.samples, splits)
+    ]
     assert back.classes == index.classes
     train, test, val = back.subset("train"), back.subset("test"), back.subset("val")
     assert len(train) + len(test) + len(val) == len(index)
@@ -259,7 +288,7 @@ def test_split_round_trip(fi_folder, tmp_path):
 
 def test_read_split_checks_files_and_labels(fi_folder, tmp_path):
     index = scan_folder(fi_folder)
-    path = fi_folder / "split.csv"   # beside the data: root defaults to the CSV's folder
+    path = fi_folder / "split.csv"  # beside the data: root defaults to the CSV's folder
     write_split(index, make_split(index.targets), path)
     assert len(read_split(path)) == 12
     assert len(scan_folder(fi_folder)) == 12  # the split CSV in the root is not mistaken for data
@@ -306,14 +335,15 @@ def norm(x: torch.Tensor) -> torch.Tensor:
 def dataset(tmp_path, train, size=(20, 10), resize=8, crop=6, **kw):
     p = write_image(tmp_path / "im.png", size=size)
     q = write_image(tmp_path / "im2.png", size=(size[1], size[0]))
-    return EmotionDataset([Sample(p, "awe"), Sample(q, "fear")], {"awe": 0, "fear": 1}, resize=resize, crop=crop,
-                          train=train, **kw)
+    return EmotionDataset(
+        [Sample(p, "awe"), Sample(q, "fear")], {"awe": 0, "fear": 1}, resize=resize, crop=crop, train=train, **kw
+    )
 
 
 def test_resize_shorter_side(tmp_path):
     ds = dataset(tmp_path, train=False, size=(20, 10), resize=8)
     assert tuple(ds.resized(0).shape) == (3, 8, 16) and tuple(ds.resized(1).shape) == (3, 16, 8)
-    small = dataset(tmp_path, train=False, size=(6, 4), resize=8)   # smaller than the crop: upscaled
+    small = dataset(tmp_path, train=False, size=(6, 4), resize=8)  # smaller than the crop: upscaled
     assert tuple(small.resized(0).shape) == (3, 8, 12)
     ref = TF.pil_to_tensor(TF.resize(load_image(tmp_path / "im.png"), 8, InterpolationMode.BILINEAR, antialias=True))
     assert torch.equal(small.resized(0), ref)
@@ -330,8 +360,11 @@ def test_eval_returns_five_torchvision_crops(tmp_path):
 def test_normalisation_values(tmp_path):
     p = write_image(tmp_path / "solid.png", size=(5, 5), color=(255, 0, 128))
     x, _, _ = EmotionDataset([Sample(p, "a")], {"a": 0}, resize=5, crop=5, train=False)[0]
-    expect = [(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1],
-              (128 / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]]
+    expect = [
+        (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0],
+        -IMAGENET_MEAN[1] / IMAGENET_STD[1],
+        (128 / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2],
+    ]
     assert torch.allclose(x[:, :, 0, 0], torch.tensor(expect).expand(5, 3), atol=1e-6)
 
 
@@ -346,13 +379,13 @@ def test_train_crop_is_one_of_five_maybe_mirrored_and_seeded(tmp_path):
         assert x.shape == (3, 6, 6) and (label, i) == (0, 0)
         k, flip = ds.choice(0)
         assert torch.allclose(x, candidates[k + 5 * flip])
-        assert torch.equal(ds[0][0], x)          # same (seed, epoch, index): same crop
+        assert torch.equal(ds[0][0], x)  # same (seed, epoch, index): same crop
         seen[k, flip] += 1
-    assert len(seen) == 10                       # all five crops, each both ways
+    assert len(seen) == 10  # all five crops, each both ways
     ds.set_epoch(3)
     again = dataset(tmp_path / "b", train=True, seed=5)
     again.set_epoch(3)
-    assert torch.equal(again[0][0], ds[0][0])     # a fresh dataset (a resumed run) draws the same
+    assert torch.equal(again[0][0], ds[0][0])  # a fresh dataset (a resumed run) draws the same
     other = dataset(tmp_path / "c", train=True, seed=6)
     draws = lambda d: [(d.set_epoch(e), d.choice(0))[1] for e in range(20)]  # noqa: E731
     assert draws(other) != draws(ds)
@@ -413,14 +446,16 @@ def test_dataset_names_a_file_gone_bad(tmp_path):
 # --------------------------------------------------------------------------- pairs (Eq. 3-5)
 
 
-TARGETS = [0] * 30 + [1] * 20 + [2] * 13 + [3] * 1   # uneven, with a class of one
+TARGETS = [0] * 30 + [1] * 20 + [2] * 13 + [3] * 1  # uneven, with a class of one
 
 
-@pytest.mark.parametrize("batch, fraction, same", [(8, 0.5, 2), (10, 0.5, 2), (8, 0.25, 1), (8, 0.0, 0),
-                                                   (8, 1.0, 4), (2, 0.5, 0), (12, 0.3, 2)])
+@pytest.mark.parametrize(
+    "batch, fraction, same",
+    [(8, 0.5, 2), (10, 0.5, 2), (8, 0.25, 1), (8, 0.0, 0), (8, 1.0, 4), (2, 0.5, 0), (12, 0.3, 2)],
+)
 def test_pairs_same_and_different_exactly(batch, fraction, same):
     sampler = PairBatchSampler(TARGETS, batch, same_fraction=fraction, seed=0)
-    assert sampler.same_per_batch == same                      # round(f * pairs per batch)
+    assert sampler.same_per_batch == same  # round(f * pairs per batch)
     batches = list(sampler)
     assert len(batches) == len(sampler) == -(-len(TARGETS) // batch)
     positions = Counter()
@@ -432,7 +467,7 @@ def test_pairs_same_and_different_exactly(batch, fraction, same):
         assert sum(flags) == same
         positions.update(k for k, f in enumerate(flags) if f)
     if 0 < same < batch // 2:
-        assert len(positions) > same                            # same pairs move around the batch
+        assert len(positions) > same  # same pairs move around the batch
 
 
 def test_pairs_cover_the_epoch():
@@ -440,7 +475,7 @@ def test_pairs_cover_the_epoch():
     for epoch in range(20):
         sampler.set_epoch(epoch)
         shown = [i for b in sampler for i in b]
-        assert len(TARGETS) <= len(shown) < len(TARGETS) + 8   # about one image per sample per epoch
+        assert len(TARGETS) <= len(shown) < len(TARGETS) + 8  # about one image per sample per epoch
         coverage.append(len(set(shown)) / len(TARGETS))
     # partners are drawn from the images not yet shown: random partners would cover about 70 %
     assert min(coverage) >= 0.9 and np.mean(coverage) >= 0.95
@@ -461,22 +496,28 @@ def test_pairs_replicas_take_whole_batches():
     for s in ranks:
         s.set_epoch(4)
     full = ranks[0].all_batches()
-    assert len(full) == 9                                       # ceil(64 / (8 * 3)) = 3 per rank, padded
+    assert len(full) == 9  # ceil(64 / (8 * 3)) = 3 per rank, padded
     for r, s in enumerate(ranks):
-        assert list(s) == full[r::3] and len(s) == 3            # same count on every rank
+        assert list(s) == full[r::3] and len(s) == 3  # same count on every rank
     assert sorted(b for s in ranks for b in s) == sorted(full)  # a partition of the batches
 
 
 def test_pairs_with_dataloader(tmp_path):
     ds = dataset(tmp_path, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=PairBatchSampler(ds.targets, 2))
-    (x, y, idx), = list(loader)
+    ((x, y, idx),) = list(loader)
     assert x.shape == (2, 3, 6, 6) and y.tolist() == [ds.targets[i] for i in idx.tolist()] and y[0] != y[1]
 
 
-@pytest.mark.parametrize("kw, message", [({"batch_size": 7}, "batch_size=7"), ({"batch_size": 0}, "batch_size=0"),
-                                        ({"same_fraction": 1.5}, "same_fraction"),
-                                        ({"rank": 2, "num_replicas": 2}, "rank=2")])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"batch_size": 7}, "batch_size=7"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"same_fraction": 1.5}, "same_fraction"),
+        ({"rank": 2, "num_replicas": 2}, "rank=2"),
+    ],
+)
 def test_pairs_config_errors(kw, message):
     args = {"targets": TARGETS, "batch_size": 8} | kw
     with pytest.raises(ConfigError, match=message):
@@ -506,21 +547,24 @@ def test_bad_files_are_skipped_with_reasons(fi_folder):
     assert reasons["truncated.jpg"].startswith("truncated or corrupt image (OSError: image file is truncated")
     assert reasons["text.jpg"] == "not an image PIL can read"
     assert reasons["notes.txt"].startswith("unsupported extension '.txt'")
-    assert index.counts()["fear"] == 3                         # the good ones are kept
+    assert index.counts()["fear"] == 3  # the good ones are kept
     out = fi_folder.parent / "skipped.csv"
     index.write_skipped(out)
     rows = read_rows(out)
     assert rows[0] == ["path", "reason"] and ["fear/empty.jpg", "empty file (0 bytes)"] in rows
 
 
-@pytest.mark.parametrize("mode, color, expect", [
-    ("L", 77, (77, 77, 77)),
-    ("1", 1, (255, 255, 255)),
-    ("LA", (100, 0), (255, 255, 255)),       # fully transparent: the white background
-    ("LA", (100, 255), (100, 100, 100)),
-    ("RGBA", (255, 0, 0, 128), (255, 127, 127)),
-    ("RGBA", (10, 20, 30, 255), (10, 20, 30)),
-])
+@pytest.mark.parametrize(
+    "mode, color, expect",
+    [
+        ("L", 77, (77, 77, 77)),
+        ("1", 1, (255, 255, 255)),
+        ("LA", (100, 0), (255, 255, 255)),  # fully transparent: the white background
+        ("LA", (100, 255), (100, 100, 100)),
+        ("RGBA", (255, 0, 0, 128), (255, 127, 127)),
+        ("RGBA", (10, 20, 30, 255), (10, 20, 30)),
+    ],
+)
 def test_modes_to_rgb(tmp_path, mode, color, expect):
     p = write_image(tmp_path / "m.png", size=(3, 2), color=color, mode=mode)
     im = load_image(p)
@@ -533,7 +577,7 @@ def test_palette_and_cmyk(tmp_path):
     pal.putpixel((1, 0), 1)
     pal.save(tmp_path / "p.png")
     assert pixels(load_image(tmp_path / "p.png")) == [[255, 0, 0], [0, 0, 255]]
-    pal.save(tmp_path / "pt.png", transparency=0)                # index 0 transparent -> white
+    pal.save(tmp_path / "pt.png", transparency=0)  # index 0 transparent -> white
     assert pixels(load_image(tmp_path / "pt.png")) == [[255, 255, 255], [0, 0, 255]]
     Image.new("CMYK", (2, 2), (0, 255, 255, 0)).save(tmp_path / "c.tif")
     assert load_image(tmp_path / "c.tif").getpixel((1, 1)) == (255, 0, 0)
@@ -552,7 +596,7 @@ def test_sixteen_bit_is_scaled(tmp_path):
 
 def test_exif_orientation(tmp_path):
     exif = Image.Exif()
-    exif[0x0112] = 6                                             # "rotate 90 CW to display"
+    exif[0x0112] = 6  # "rotate 90 CW to display"
     write_image(tmp_path / "FI" / "awe" / "awe_1.jpg", size=(30, 20), exif=exif)
     write_image(tmp_path / "FI" / "fear" / "fear_1.jpg", size=(30, 20))
     index = scan_folder(tmp_path / "FI")
@@ -563,7 +607,7 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
     big = write_image(tmp_path / "big.png", size=(200, 100))
     data = big.read_bytes()
     (tmp_path / "big_truncated.png").write_bytes(data[: len(data) // 2])
-    for name in ("big.png", "big_truncated.png"):             # the header alone decides, not the pixel data
+    for name in ("big.png", "big_truncated.png"):  # the header alone decides, not the pixel data
         with pytest.raises(DataError, match="200x100 = 20,000 pixels exceeds max_pixels=10,000"):
             load_image(tmp_path / name, max_pixels=10_000)
     assert load_image(big, max_pixels=20_000).size == (200, 100)
@@ -581,7 +625,7 @@ def test_empty_and_single_class(tmp_path):
         scan_folder(tmp_path / "A")
     write_image(tmp_path / "B" / "awe" / "awe_1.jpg")
     (tmp_path / "B" / "fear").mkdir()
-    (tmp_path / "B" / "fear" / "fear_1.jpg").write_bytes(b"")   # its only image is bad
+    (tmp_path / "B" / "fear" / "fear_1.jpg").write_bytes(b"")  # its only image is bad
     with pytest.raises(DataError, match="class 'fear' has no usable image"):
         scan_folder(tmp_path / "B")
     write_image(tmp_path / "C" / "awe" / "awe_1.jpg")
@@ -614,14 +658,21 @@ def test_summarise(fi_folder):
 
 
 def test_index_subset_keeps_class_indices():
-    idx = DatasetIndex(Path("."), ["awe", "fear"], [Sample(Path("a"), "fear", split="test"),
-                                                    Sample(Path("b"), "awe", split="train")], [])
+    idx = DatasetIndex(
+        Path("."),
+        ["awe", "fear"],
+        [Sample(Path("a"), "fear", split="test"), Sample(Path("b"), "awe", split="train")],
+        [],
+    )
     assert idx.subset("test").targets == [1] and idx.subset("test").counts() == {"awe": 0, "fear": 1}
 
 
 def test_loader_demo_shows_a_truncated_and_a_fake_image_left_out(tmp_path):
     good = [write_image(tmp_path / "src" / f"{i}.jpg", size=(64, 48)) for i in range(2)]
     index = scan_folder(write_loader_demo(tmp_path / "demo", good, "awe"))
-    assert sorted((s.label, Path(s.path).name) for s in index.samples) == [("anger", "x.jpg"), ("awe", "0.jpg"),
-                                                                           ("awe", "1.jpg")]
+    assert sorted((s.label, Path(s.path).name) for s in index.samples) == [
+        ("anger", "x.jpg"),
+        ("awe", "0.jpg"),
+        ("awe", "1.jpg"),
+    ]
     assert sorted(Path(p).name for p, _ in index.skipped) == ["notes.jpg", "truncated.jpg"]

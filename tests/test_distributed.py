@@ -1,5 +1,6 @@
 """DistributedDataParallel on two CPU processes (gloo): gradients averaged exactly, unused parameters left alone,
 and `torchrun -m emotionlib train` writing one complete run folder from rank 0."""
+
 import json
 import subprocess
 import sys
@@ -99,8 +100,10 @@ def test_ddp_step_averages_the_ranks_gradients(tmp_path):
         if name == "fusion":  # the CNN is fine-tuned too, but Eq. 11 never reads the branch classifiers
             assert unused and all(".classifier." in n for n in unused) and any(n.startswith("head.") for n in ref)
         else:  # stage 1: trunk stage 1 and branch 1 only
-            assert not unused and {n.split(".")[0] + "." + n.split(".")[1] for n in ref} == {"trunk.stages",
-                                                                                          "branches.branch1"}
+            assert not unused and {n.split(".")[0] + "." + n.split(".")[1] for n in ref} == {
+                "trunk.stages",
+                "branches.branch1",
+            }
 
 
 def json_objects(text: str) -> list[dict]:
@@ -120,14 +123,41 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def test_torchrun_trains_a_complete_run_with_one_writer(tiny_data, tmp_path):
     run = tmp_path / "run"
-    r = subprocess.run([*TORCHRUN, "-m", "emotionlib", "train", "--profile", "tiny", "--data", str(tiny_data),
-                        "--out", str(run), "--epochs", "2"], capture_output=True, text=True, timeout=400)
+    r = subprocess.run(
+        [
+            *TORCHRUN,
+            "-m",
+            "emotionlib",
+            "train",
+            "--profile",
+            "tiny",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = json_objects(r.stdout)
     assert len(lines) == 1  # every rank returns the metrics; only rank 0 prints them
     m = json.loads((run / "metrics.json").read_text())
-    for key in ("test_accuracy", "val_accuracy", "per_class_tpr", "mean_tpr", "confusion", "classes",
-                "branch_test_accuracy_after_fusion", "branch_test_accuracy_at_stage", "n_train", "n_test"):
+    for key in (
+        "test_accuracy",
+        "val_accuracy",
+        "per_class_tpr",
+        "mean_tpr",
+        "confusion",
+        "classes",
+        "branch_test_accuracy_after_fusion",
+        "branch_test_accuracy_at_stage",
+        "n_train",
+        "n_test",
+    ):
         assert key in m, key
     assert 0 <= m["test_accuracy"] <= 1 and m["test_accuracy"] == lines[0]["test_accuracy"]
     assert all(0 <= v <= 1 for v in m["branch_test_accuracy_after_fusion"].values())

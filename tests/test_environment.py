@@ -1,4 +1,5 @@
 """The set-up: environment.yml and pyproject.toml pin the same versions; CI runs the README's command."""
+
 import re
 import tomllib
 from pathlib import Path

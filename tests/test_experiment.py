@@ -1,4 +1,5 @@
 """Table 1 as a controlled experiment: interval and verdict arithmetic, the shared stages, one budget per row."""
+
 import math
 from pathlib import Path
 
@@ -32,17 +33,20 @@ def test_mean_interval_is_the_t_interval_over_seeds():
     assert mean_interval([5.0, 5.0])[2:] == (5.0, 5.0)  # no spread: the interval is the point
 
 
-@pytest.mark.parametrize("low, high, kind, expected", [
-    (0.5, 3.0, "better", "holds"),
-    (-3.0, -0.1, "better", "contradicted"),
-    (-1.0, 2.0, "better", "undecided"),  # 0 inside the interval
-    (0.0, 2.0, "better", "undecided"),  # touching 0 is not above it
-    (math.nan, math.nan, "better", "undecided"),  # one seed: no interval
-    (-1.5, 1.0, "comparable", "holds"),  # within +-2 points
-    (-1.0, 3.0, "comparable", "undecided"),
-    (2.5, 6.0, "comparable", "contradicted"),  # wholly outside the margin
-    (-6.0, -2.5, "comparable", "contradicted"),
-])
+@pytest.mark.parametrize(
+    "low, high, kind, expected",
+    [
+        (0.5, 3.0, "better", "holds"),
+        (-3.0, -0.1, "better", "contradicted"),
+        (-1.0, 2.0, "better", "undecided"),  # 0 inside the interval
+        (0.0, 2.0, "better", "undecided"),  # touching 0 is not above it
+        (math.nan, math.nan, "better", "undecided"),  # one seed: no interval
+        (-1.5, 1.0, "comparable", "holds"),  # within +-2 points
+        (-1.0, 3.0, "comparable", "undecided"),
+        (2.5, 6.0, "comparable", "contradicted"),  # wholly outside the margin
+        (-6.0, -2.5, "comparable", "contradicted"),
+    ],
+)
 def test_verdict_reads_the_interval(low, high, kind, expected):
     assert verdict(low, high, kind) == expected
 
@@ -53,20 +57,39 @@ def test_verdict_refuses_an_unknown_kind():
 
 
 def hand_runs(acc: dict[str, list[float]]) -> pd.DataFrame:
-    rows = [{"variant": v, "seed": k, "test_acc": a, "mean_tpr": a, "cnn_epochs": 20, "fusion_epochs": 3,
-             "finetune_lr": 2e-4} for v, accs in acc.items() for k, a in enumerate(accs)]
+    rows = [
+        {
+            "variant": v,
+            "seed": k,
+            "test_acc": a,
+            "mean_tpr": a,
+            "cnn_epochs": 20,
+            "fusion_epochs": 3,
+            "finetune_lr": 2e-4,
+        }
+        for v, accs in acc.items()
+        for k, a in enumerate(accs)
+    ]
     return pd.DataFrame(rows)
 
 
 def test_claims_pair_the_seeds_and_give_verdicts():
-    runs = hand_runs({"bigru": [80.0, 82.0, 84.0], "gru": [70.0, 71.0, 75.0], "ensemble": [79.0, 83.0, 85.0],
-                      "bigru6": [80.5, 82.0, 84.5]})
+    runs = hand_runs(
+        {
+            "bigru": [80.0, 82.0, 84.0],
+            "gru": [70.0, 71.0, 75.0],
+            "ensemble": [79.0, 83.0, 85.0],
+            "bigru6": [80.5, 82.0, 84.5],
+        }
+    )
     claims = experiment.compare(runs).set_index("comparison")
     # bigru - gru per seed: 10, 11, 9 -> mean 10, sd 1
     row = claims.loc["bigru vs gru"]
     assert row.per_seed == "+10.0 +11.0 +9.0" and row.n_seeds == 3
     assert (row["mean_diff"], row["std"]) == pytest.approx((10.0, 1.0))
-    assert (row.ci_low, row.ci_high) == pytest.approx((10 - T975_2 / math.sqrt(3), 10 + T975_2 / math.sqrt(3)), abs=0.01)
+    assert (row.ci_low, row.ci_high) == pytest.approx(
+        (10 - T975_2 / math.sqrt(3), 10 + T975_2 / math.sqrt(3)), abs=0.01
+    )
     assert row.verdict == "holds" and row.paper_FI_diff == pytest.approx(73.03 - 71.33)
     # bigru - ensemble: 1, -1, -1: the interval holds 0
     assert claims.loc["bigru vs ensemble", "verdict"] == "undecided"
@@ -95,8 +118,13 @@ def test_shared_stages_are_the_common_prefix_of_the_stage_plans():
     with_variant = lambda v: experiment._row_config(cfg, v, 0)  # noqa: E731
     ref = with_variant("bigru")
     assert experiment.shared_stages(ref, with_variant("gru")) == ["branch1", "branch2", "branch3", "branch4", "main"]
-    assert experiment.shared_stages(ref, with_variant("ensemble")) == ["branch1", "branch2", "branch3", "branch4",
-                                                                       "main"]
+    assert experiment.shared_stages(ref, with_variant("ensemble")) == [
+        "branch1",
+        "branch2",
+        "branch3",
+        "branch4",
+        "main",
+    ]
     # 4 branches: pool4 is tapped by no side branch, so its trunk stage trains with the main branch
     assert experiment.shared_stages(ref, with_variant("bigru4")) == ["branch1", "branch2", "branch3"]
     assert experiment.shared_stages(ref, with_variant("bigru6")) == []  # its first stage trains branch 0 as well
@@ -110,8 +138,16 @@ def test_shared_stages_are_the_common_prefix_of_the_stage_plans():
 def protocol(tmp_path_factory):
     data = generate(tmp_path_factory.mktemp("data") / "synth", per_class=8, size=56, progress=False)
     run = tmp_path_factory.mktemp("run")
-    cfg = get_config("tiny", **{"train.device": "cpu", "train.deterministic": True, "train.stage_epochs": 2,
-                                "train.fusion_epochs": 2, "train.softmax_stages": 5})
+    cfg = get_config(
+        "tiny",
+        **{
+            "train.device": "cpu",
+            "train.deterministic": True,
+            "train.stage_epochs": 2,
+            "train.fusion_epochs": 2,
+            "train.softmax_stages": 5,
+        },
+    )
     variants = ("softmax", "ensemble", "gru", "bigru", "bigru4", "avg")
     runs = experiment.run_protocol(data, run, cfg, seeds=2, seed=3, variants=variants, log=lambda *_: None)
     return data, run, cfg, runs
@@ -155,9 +191,15 @@ def test_rows_share_their_seeds_cnn_stages_exactly_and_nothing_else(protocol):
 
 def test_a_rerun_reads_the_finished_rows_back(protocol):
     data, run, cfg, runs = protocol
-    again = experiment.run_protocol(data, run, cfg, seeds=2, seed=3, variants=("softmax", "ensemble", "gru", "bigru",
-                                                                                  "bigru4", "avg"),
-                                    log=lambda *_: None)
+    again = experiment.run_protocol(
+        data,
+        run,
+        cfg,
+        seeds=2,
+        seed=3,
+        variants=("softmax", "ensemble", "gru", "bigru", "bigru4", "avg"),
+        log=lambda *_: None,
+    )
     pd.testing.assert_frame_equal(runs, again)
     assert experiment.seed_cnns(run, 3, 2).keys() == {3, 4}
 
@@ -165,8 +207,11 @@ def test_a_rerun_reads_the_finished_rows_back(protocol):
 def test_branch_accuracies_at_their_own_stage_and_after_fusion(protocol):
     _, run, _, _ = protocol
     m = read_json(run / "train" / "metrics.json")
-    assert set(m["branch_test_accuracy_at_stage"]) == set(m["branch_test_accuracy_after_fusion"]) == \
-        {"branch1", "branch2", "branch3", "branch4", "main"}
+    assert (
+        set(m["branch_test_accuracy_at_stage"])
+        == set(m["branch_test_accuracy_after_fusion"])
+        == {"branch1", "branch2", "branch3", "branch4", "main"}
+    )
     # a row that copied its CNN stages has no stage checkpoints of its own to score
     assert read_json(run / "table1" / "seed-3" / "gru" / "metrics.json")["branch_test_accuracy_at_stage"] == {}
     b4 = read_json(run / "table1" / "seed-3" / "bigru4" / "metrics.json")["branch_test_accuracy_at_stage"]
@@ -183,11 +228,14 @@ def test_bad_seed_count_is_refused(tmp_path):
         experiment.run_protocol(tmp_path, tmp_path / "run", get_config("tiny"), seeds=0)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--seeds", "0"], "--seeds 0: give at least 1"),
-    (["--set", "train.lr"], "--set 'train.lr': use SECTION.NAME=VALUE"),
-    (["--variants", "bigruu"], "unknown variant 'bigruu'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds", "0"], "--seeds 0: give at least 1"),
+        (["--set", "train.lr"], "--set 'train.lr': use SECTION.NAME=VALUE"),
+        (["--variants", "bigruu"], "unknown variant 'bigruu'"),
+    ],
+)
 def test_table1_command_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, message):
     from emotionlib import cli
 
@@ -206,7 +254,8 @@ def test_the_shared_test_split_widens_the_interval(tmp_path):
             folder = tmp_path / f"seed-{k}" / v
             folder.mkdir(parents=True)
             pd.DataFrame({"path": [f"img{i}.jpg" for i in range(10)], "correct": correct}).to_csv(
-                folder / "predictions.csv", index=False)
+                folder / "predictions.csv", index=False
+            )
             rows.append({"variant": v, "seed": k, "test_acc": 10.0 * sum(correct), "folder": f"seed-{k}/{v}"})
     runs = pd.DataFrame(rows)
     plain = experiment.compare(runs).set_index("comparison").loc["gru vs lstm"]
@@ -222,15 +271,23 @@ def test_the_shared_test_split_widens_the_interval(tmp_path):
 
 
 def _claims(verdicts):
-    return pd.DataFrame({"comparison": [f"{a} vs {b}" for a, b in zip(("bigru", "bigru", "gru"), ("gru", "ensemble", "lstm"))],
-                         "n_seeds": 3, "verdict": verdicts})
+    return pd.DataFrame(
+        {
+            "comparison": [f"{a} vs {b}" for a, b in zip(("bigru", "bigru", "gru"), ("gru", "ensemble", "lstm"))],
+            "n_seeds": 3,
+            "verdict": verdicts,
+        }
+    )
 
 
-@pytest.mark.parametrize("verdicts, expected", [
-    (["holds", "holds", "undecided"], "supported"),        # only the Bi-GRU's own comparisons decide the headline
-    (["holds", "contradicted", "holds"], "contradicted"),
-    (["holds", "undecided", "holds"], "undecided"),
-])
+@pytest.mark.parametrize(
+    "verdicts, expected",
+    [
+        (["holds", "holds", "undecided"], "supported"),  # only the Bi-GRU's own comparisons decide the headline
+        (["holds", "contradicted", "holds"], "contradicted"),
+        (["holds", "undecided", "holds"], "undecided"),
+    ],
+)
 def test_table1_verdict_is_the_bigru_rows_comparisons(verdicts, expected):
     out = experiment.table1_verdict(_claims(verdicts))
     assert out["verdict"] == expected
@@ -249,8 +306,10 @@ def _probe(shallow_gain, deep_gain):
     rows = []
     for k, (gs, gd) in enumerate(zip(shallow_gain, deep_gain)):
         for level, gain in (("FC_1 (pool1)", gs), ("FC_4 (pool4)", gd), ("FC_5 (main)", 0.5)):
-            rows += [{"source": "trained", "level": level, "cue": "shape", "seed": k, "accuracy": 0.5 + gain},
-                     {"source": "random init", "level": level, "cue": "shape", "seed": k, "accuracy": 0.5}]
+            rows += [
+                {"source": "trained", "level": level, "cue": "shape", "seed": k, "accuracy": 0.5 + gain},
+                {"source": "random init", "level": level, "cue": "shape", "seed": k, "accuracy": 0.5},
+            ]
     return pd.DataFrame(rows)
 
 
@@ -269,7 +328,8 @@ def _fig6_run(tmp_path, counts, tprs):
     labels = [c for c, n in counts.items() for _ in range(n)]
     (tmp_path / "train").mkdir(parents=True)
     pd.DataFrame({"path": [f"{i}.jpg" for i in range(len(labels))], "label": labels, "split": "train"}).to_csv(
-        tmp_path / "train" / "split.csv", index=False)
+        tmp_path / "train" / "split.csv", index=False
+    )
     for k, (a, b) in enumerate(tprs):
         for variant, tpr in (("bigru", a), ("ensemble", b)):
             folder = experiment.row_folder(tmp_path, k, variant, 0)
@@ -288,10 +348,20 @@ def test_fig6_verdict_needs_rare_classes(tmp_path):
 
 def test_fig7_verdict_pairs_ours_with_the_best_baseline_per_fold():
     def metrics(ours, a, b):
-        return {"methods": {"ours": {"label": "ours", "fold_mean_ova_tpr": ours},
-                            "handcrafted-svm": {"label": "hand", "fold_mean_ova_tpr": a},
-                            "alexnet-svm": {"label": "alex", "fold_mean_ova_tpr": b}}}
+        return {
+            "methods": {
+                "ours": {"label": "ours", "fold_mean_ova_tpr": ours},
+                "handcrafted-svm": {"label": "hand", "fold_mean_ova_tpr": a},
+                "alexnet-svm": {"label": "alex", "fold_mean_ova_tpr": b},
+            }
+        }
+
     # ours beats the weaker baseline everywhere but not the stronger one: the best baseline per fold decides
-    assert experiment.fig7_verdict(metrics([0.8, 0.82, 0.81], [0.6, 0.6, 0.6], [0.79, 0.84, 0.8]))["verdict"] == "undecided"
-    assert experiment.fig7_verdict(metrics([0.9, 0.92, 0.91], [0.6, 0.6, 0.6], [0.7, 0.72, 0.7]))["verdict"] == "supported"
+    assert (
+        experiment.fig7_verdict(metrics([0.8, 0.82, 0.81], [0.6, 0.6, 0.6], [0.79, 0.84, 0.8]))["verdict"]
+        == "undecided"
+    )
+    assert (
+        experiment.fig7_verdict(metrics([0.9, 0.92, 0.91], [0.6, 0.6, 0.6], [0.7, 0.72, 0.7]))["verdict"] == "supported"
+    )
     assert experiment.fig7_verdict(None)["verdict"] == "not testable on this data"

@@ -1,4 +1,5 @@
 """The explorer's library part (notebook 09): composing, five crops, probabilities, the receptive-field box."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Plots of emotionlib.figures: what they draw, checked on the figure's own artists."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,9 +20,17 @@ def test_plot_confusion_normalises_the_rows():
 def test_plot_table1_keeps_the_legend_off_the_rows():
     import pandas as pd
 
-    table = pd.DataFrame({"variant": ["bigru", "max"], "table1_row": ["CNN+5 Branches+Bi-GRU", "x (not in Table 1)"],
-                          "mean": [80.0, 79.0], "ci_low": [70.0, 75.0], "ci_high": [90.0, 83.0], "n_seeds": [3, 3],
-                          "paper_FI_acc": [73.03, float("nan")]})
+    table = pd.DataFrame(
+        {
+            "variant": ["bigru", "max"],
+            "table1_row": ["CNN+5 Branches+Bi-GRU", "x (not in Table 1)"],
+            "mean": [80.0, 79.0],
+            "ci_low": [70.0, 75.0],
+            "ci_high": [90.0, 83.0],
+            "n_seeds": [3, 3],
+            "paper_FI_acc": [73.03, float("nan")],
+        }
+    )
     runs = pd.DataFrame({"variant": ["bigru"] * 3 + ["max"] * 3, "test_acc": [75.0, 80.0, 85.0, 77.0, 79.0, 81.0]})
     fig = figures.plot_table1(table, runs, "run", chance=12.5, ceiling=87.5)
     legend = fig.axes[0].get_legend()
@@ -40,10 +49,14 @@ def test_plot_architecture_follows_the_profile():
     smoke, paper = texts("smoke"), texts("paper")
     cfg_s, cfg_p = get_config("smoke"), get_config("paper")
     assert f"1x1 conv {cfg_s.model.branch_channels}" in smoke and f"1x1 conv {cfg_p.model.branch_channels}" in paper
-    assert f"3 x {cfg_s.data.crop} x {cfg_s.data.crop}" in smoke and f"3 x {cfg_p.data.crop} x {cfg_p.data.crop}" in paper
+    assert (
+        f"3 x {cfg_s.data.crop} x {cfg_s.data.crop}" in smoke and f"3 x {cfg_p.data.crop} x {cfg_p.data.crop}" in paper
+    )
     assert "concat(FC_1..FC_4, FC)" in smoke and "Bi-GRU over V_1..V_5" in smoke
-    four = " | ".join(t.get_text() for t in figures.plot_architecture(
-        get_config("smoke", **{"model.variant": "bigru4"})).axes[0].texts)
+    four = " | ".join(
+        t.get_text()
+        for t in figures.plot_architecture(get_config("smoke", **{"model.variant": "bigru4"})).axes[0].texts
+    )
     assert "concat(FC_1..FC_3, FC)" in four and "V_1..V_4" in four
 
 
@@ -73,8 +86,13 @@ def test_plot_boxes_on_image_draws_each_box_and_dashes_the_clipped_one():
 
 
 def test_plot_accuracy_puts_the_papers_numbers_on_their_own_axis():
-    fig = figures.plot_accuracy({"FC_1": 40.0, "Bi-GRU": 90.0}, {"Bi-GRU": 73.03}, chance=12.5,
-                                ours_label="this run", reference_label="paper, FI")
+    fig = figures.plot_accuracy(
+        {"FC_1": 40.0, "Bi-GRU": 90.0},
+        {"Bi-GRU": 73.03},
+        chance=12.5,
+        ours_label="this run",
+        reference_label="paper, FI",
+    )
     ours, paper = fig.axes
     assert [t.get_text() for t in ours.get_xticklabels()] == ["FC_1", "Bi-GRU"]
     assert [p.get_height() for p in ours.patches] == [40.0, 90.0]
@@ -86,8 +104,20 @@ def test_plot_accuracy_puts_the_papers_numbers_on_their_own_axis():
 def test_plot_claims_puts_the_papers_fi_difference_in_its_own_panel():
     import pandas as pd
 
-    claims = pd.DataFrame([{"comparison": "a vs b", "kind": "better", "per_seed": "+1.0 -2.0 +0.5", "mean_diff": -0.17,
-                            "ci_low": -3.9, "ci_high": 3.6, "verdict": "undecided", "paper_FI_diff": 7.17}])
+    claims = pd.DataFrame(
+        [
+            {
+                "comparison": "a vs b",
+                "kind": "better",
+                "per_seed": "+1.0 -2.0 +0.5",
+                "mean_diff": -0.17,
+                "ci_low": -3.9,
+                "ci_high": 3.6,
+                "verdict": "undecided",
+                "paper_FI_diff": 7.17,
+            }
+        ]
+    )
     fig = figures.plot_claims(claims, "smoke")
     ours, paper = fig.axes
     assert [list(line.get_xdata()) for line in paper.lines if line.get_marker() == "D"] == [[7.17]]

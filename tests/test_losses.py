@@ -1,4 +1,5 @@
 """Eq. 3-5 (multi-task pair loss) and Eq. 11 (fusion loss) on hand-computed cases."""
+
 import math
 
 import pytest
@@ -30,8 +31,12 @@ def test_multitask_loss_eq5_by_hand():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 3.0]])
     targets = torch.tensor([0, 0, 1, 0])  # pair 1 same class, pair 2 different
     feats = torch.tensor([[0.0], [0.5], [0.0], [0.3]])
-    ce = [-math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(1 / (1 + math.e)), math.log(2),
-          -math.log(1 / (1 + math.exp(3)))]
+    ce = [
+        -math.log(math.exp(2) / (math.exp(2) + 1)),
+        -math.log(1 / (1 + math.e)),
+        math.log(2),
+        -math.log(1 / (1 + math.exp(3))),
+    ]
     pair1 = ce[0] + ce[1] + 0.25  # same: ||.||^2
     pair2 = ce[2] + ce[3] + (1 - 0.09)  # different: max(0, 1 - ||.||^2)
     total, parts = multitask_loss(logits, feats, targets, margin=1.0)

@@ -1,4 +1,5 @@
 """The architecture of Fig. 2 / docs/architecture.md, the paper's GRU cell (Eq. 6-10) and the variants of Table 1."""
+
 import math
 
 import pytest
@@ -6,8 +7,18 @@ import torch
 
 from emotionlib.config import get_config
 from emotionlib.errors import ConfigError
-from emotionlib.model import (VARIANTS, ModelConfig, PaperGRU, PaperGRUCell, TorchRNN, UnifiedCNNRNN, count_parameters,
-                              feature_map_sizes, parse_variant, receptive_field)
+from emotionlib.model import (
+    VARIANTS,
+    ModelConfig,
+    PaperGRU,
+    PaperGRUCell,
+    TorchRNN,
+    UnifiedCNNRNN,
+    count_parameters,
+    feature_map_sizes,
+    parse_variant,
+    receptive_field,
+)
 
 
 def tiny(variant="bigru", **kw):
@@ -125,14 +136,19 @@ def test_unknown_variant_is_a_config_error():
         parse_variant("softmax5")
 
 
-@pytest.mark.parametrize("variant,expected", [
-    ("bigru", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]), ("main", [])]),
-    ("bigru4", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("main", [3])]),
-    # one branch per stage (Sec. 4.1): branch 0 trains with trunk stage 1, branch 1 follows on it frozen
-    ("bigru6", [("branch0", [0]), ("branch1", []), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]),
-                ("main", [])]),
-    ("softmax", [("main", [0, 1, 2, 3])]),
-])
+@pytest.mark.parametrize(
+    "variant,expected",
+    [
+        ("bigru", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]), ("main", [])]),
+        ("bigru4", [("branch1", [0]), ("branch2", [1]), ("branch3", [2]), ("main", [3])]),
+        # one branch per stage (Sec. 4.1): branch 0 trains with trunk stage 1, branch 1 follows on it frozen
+        (
+            "bigru6",
+            [("branch0", [0]), ("branch1", []), ("branch2", [1]), ("branch3", [2]), ("branch4", [3]), ("main", [])],
+        ),
+        ("softmax", [("main", [0, 1, 2, 3])]),
+    ],
+)
 def test_multi_stage_schedule(variant, expected):
     model = UnifiedCNNRNN(tiny(variant))
     assert [(s.name, s.trunk_stages) for s in model.cnn_stages()] == expected

@@ -2,6 +2,7 @@
 the pipeline's defaults, the equations they implement written out, and a closing "Try this".
 
 These read the .ipynb files only; `make test` also runs them under nbval (--nbval-lax)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ from emotionlib import notebook, pipeline
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if re.fullmatch(r"\d\d_[A-Za-z0-9_-]+\.ipynb", p.name))
-DEFAULTS = {"profile": '"smoke"', "data_dir": '"../data/synthetic"', "run_dir": '"../runs/smoke"',
-            "device": '"auto"', "threads": '"cores"', "seed": "0", "seeds": "3", "overrides": "{}"}
+DEFAULTS = {
+    "profile": '"smoke"',
+    "data_dir": '"../data/synthetic"',
+    "run_dir": '"../runs/smoke"',
+    "device": '"auto"',
+    "threads": '"cores"',
+    "seed": "0",
+    "seeds": "3",
+    "overrides": "{}",
+}
 MACHINE_PATHS = ["/work", "/tmp", "/root", "/home/", sys.prefix, str(Path.home())]
 #: equations each notebook implements (Sec. 3.2: Eq. 1-5; Sec. 3.3: Eq. 6-11)
 EQUATIONS = {"02_branches.ipynb": range(1, 6), "03_fusion.ipynb": range(6, 12)}
@@ -68,8 +77,9 @@ def test_one_parameters_cell_with_the_pipeline_defaults(path):
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
     first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
     assert tagged == [first_code], "the parameters cell must be the first code cell"
-    assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells), \
+    assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells), (
         "committed with papermill's injected parameters: run `make notebooks` (defaults only)"
+    )
 
 
 def _display_math(nb) -> list[str]:
@@ -91,7 +101,9 @@ def test_equations_are_written_out(path):
             needed |= set(eqs)
     blocks = _display_math(nb)
     missing = sorted(n for n in needed if not _has_equation(blocks, n))
-    assert not missing, f"{path.name} implements Eq. {missing} but its Markdown does not write them out ($$...\\tag{{n}}$$)"
+    assert not missing, (
+        f"{path.name} implements Eq. {missing} but its Markdown does not write them out ($$...\\tag{{n}}$$)"
+    )
     if needed:
         sections = {"02_branches.ipynb": "Sec. 3.2", "03_fusion.ipynb": "Sec. 3.3"}
         assert sections.get(path.name, "Sec.") in "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
@@ -100,15 +112,20 @@ def test_equations_are_written_out(path):
 @pytest.mark.parametrize("path", PATHS, ids=ids(PATHS))
 def test_ends_with_try_this(path):
     last = load(path).cells[-1]
-    assert last.cell_type == "markdown" and re.search(r"^#+\s*Try this", last.source, flags=re.M | re.I), \
+    assert last.cell_type == "markdown" and re.search(r"^#+\s*Try this", last.source, flags=re.M | re.I), (
         "the last cell must be a Markdown section 'Try this'"
+    )
     assert len(re.findall(r"^\s*[-*\d]", last.source.split("Try this", 1)[1], flags=re.M)) >= 1
 
 
 def test_the_equation_check_can_fail():
     """The checks above on a notebook that lacks what they look for."""
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("$$L = x \\tag{5}$$ and (3) in prose"),
-                                         nbformat.v4.new_markdown_cell("$$y = 1 \\quad (4)$$")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("$$L = x \\tag{5}$$ and (3) in prose"),
+            nbformat.v4.new_markdown_cell("$$y = 1 \\quad (4)$$"),
+        ]
+    )
     blocks = _display_math(nb)
     assert [_has_equation(blocks, n) for n in (3, 4, 5, 6)] == [False, True, True, False]
 
@@ -127,8 +144,13 @@ def test_the_printed_optimiser_is_the_configurations():
     paper's SGD), never from prose: its committed output must agree with the profile it ran."""
     nb = load(NOTEBOOKS / "03_fusion.ipynb")
     profile = pipeline.declared_parameters(NOTEBOOKS / "03_fusion.ipynb")["profile"].strip('"')
-    printed = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-               if "CNN fine-tuned with" in o.get("text", "")]
+    printed = [
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "CNN fine-tuned with" in o.get("text", "")
+    ]
     assert printed, "notebook 03 does not print the fine-tuning optimiser"
     named = re.search(r"CNN fine-tuned with (\w+)", printed[0]).group(1)
     assert named == notebook.pipeline_config(profile).train.optimizer

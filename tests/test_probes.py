@@ -1,4 +1,5 @@
 """Receptive-field patches (Fig. 3) and linear probes of the synthetic factors."""
+
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def tiny():
 
 def part_of(data: Path, n: int = 12) -> DatasetIndex:
     index = open_dataset(data)
-    return DatasetIndex(index.root, index.classes, index.samples[::len(index.samples) // n][:n], [])
+    return DatasetIndex(index.root, index.classes, index.samples[:: len(index.samples) // n][:n], [])
 
 
 # ----------------------------------------------------------------------------- receptive fields
@@ -135,8 +136,15 @@ def test_probe_table_is_branches_by_factors():
     v = rng.normal(size=(n_tr + n_te, 1, 5, 8)).astype(np.float32)
     v[:, 0, 0, 0] += 3 * levels["colour"]  # FC_1 encodes colour
     v[:, 0, 4, 0] += 3 * levels["shape"]  # FC_5 encodes shape
-    feats = lambda sl: Features(torch.from_numpy(v[sl]), torch.zeros(1), torch.zeros(1), keys, ["a"],  # noqa: E731
-                                paths[sl], "center")
+    feats = lambda sl: Features(
+        torch.from_numpy(v[sl]),
+        torch.zeros(1),
+        torch.zeros(1),
+        keys,
+        ["a"],  # noqa: E731
+        paths[sl],
+        "center",
+    )
     df = probes.probe_branches(feats(slice(0, n_tr)), feats(slice(n_tr, None)), factors)
     assert list(df.index) == ["FC_1 (pool1)", "FC_2 (pool2)", "FC_3 (pool3)", "FC_4 (pool4)", "FC_5 (main)"]
     assert list(df.columns) == ["colour", "texture", "shape"]
@@ -190,8 +198,10 @@ def branch1_run(data, tmp_path_factory) -> Path:
 
 def halves(data: Path) -> dict[str, DatasetIndex]:
     index = open_dataset(data)
-    return {split: DatasetIndex(index.root, index.classes, index.samples[k::2], [])
-            for k, split in enumerate(("train", "test"))}
+    return {
+        split: DatasetIndex(index.root, index.classes, index.samples[k::2], [])
+        for k, split in enumerate(("train", "test"))
+    }
 
 
 def test_control_cnn_is_the_initial_draw_of_fit(branch1_run):
@@ -229,8 +239,11 @@ def test_pixel_features_read_the_centre_crop(tmp_path):
     warm, cool = (230, 120, 30), (40, 110, 220)
     framed = np.full((52, 52, 3), warm, np.uint8)
     framed[2:50, 2:50] = cool
-    for name, a in (("warm", np.full((52, 52, 3), warm, np.uint8)), ("cool", np.full((52, 52, 3), cool, np.uint8)),
-                    ("framed", framed)):
+    for name, a in (
+        ("warm", np.full((52, 52, 3), warm, np.uint8)),
+        ("cool", np.full((52, 52, 3), cool, np.uint8)),
+        ("framed", framed),
+    ):
         (tmp_path / name).mkdir()
         Image.fromarray(a).save(tmp_path / name / f"{name}.png")
     part = open_dataset(tmp_path)
@@ -279,15 +292,20 @@ def hand_table(gains: dict[int, float]) -> pd.DataFrame:
                 control = 0.6 + 0.1 * seed
                 gain = g if (level, cue) == ("FC_1 (pool1)", "colour") else 0.0
                 rows += [("trained", level, cue, seed, control + gain), ("random init", level, cue, seed, control)]
-    rows += [(src, "-", cue, pd.NA, 0.5) for src in ("pixels: colour histogram", "majority")
-             for cue in ("colour", "shape")]
+    rows += [
+        (src, "-", cue, pd.NA, 0.5) for src in ("pixels: colour histogram", "majority") for cue in ("colour", "shape")
+    ]
     return pd.DataFrame(rows, columns=["source", "level", "cue", "seed", "accuracy"]).astype({"seed": "Int64"})
 
 
 def test_gain_is_trained_minus_the_control_of_the_same_seed():
     gain = probes.probe_gain(hand_table({0: 0.1, 1: 0.2, 2: 0.3})).set_index(["level", "cue"])
-    assert list(gain.index) == [("FC_1 (pool1)", "colour"), ("FC_1 (pool1)", "shape"), ("FC_5 (main)", "colour"),
-                                ("FC_5 (main)", "shape")]
+    assert list(gain.index) == [
+        ("FC_1 (pool1)", "colour"),
+        ("FC_1 (pool1)", "shape"),
+        ("FC_5 (main)", "colour"),
+        ("FC_5 (main)", "shape"),
+    ]
     assert gain.loc[("FC_1 (pool1)", "colour"), "gain"] == pytest.approx(0.2)
     assert gain.loc[("FC_1 (pool1)", "colour"), "random init"] == pytest.approx(0.7)  # mean of 0.6, 0.7, 0.8
     assert gain.loc[("FC_1 (pool1)", "colour"), "trained"] == pytest.approx(0.9)  # 0.7, 0.9, 1.1
@@ -309,8 +327,12 @@ def test_gain_interval_is_a_t_interval_over_seeds_and_nan_for_one():
 def test_pivot_puts_trained_beside_control_beside_the_baselines():
     wide = probes.pivot_probes(hand_table({0: 0.1, 1: 0.3}))
     assert list(wide.index) == ["FC_1 (pool1)", "FC_5 (main)"]
-    assert list(wide.columns.get_level_values(1)[:4]) == ["trained", "random init", "pixels: colour histogram",
-                                                          "majority"]
+    assert list(wide.columns.get_level_values(1)[:4]) == [
+        "trained",
+        "random init",
+        "pixels: colour histogram",
+        "majority",
+    ]
     assert wide.loc["FC_1 (pool1)", ("colour", "trained")] == pytest.approx(0.85)  # (0.7 + 1.0) / 2
     assert (wide[("shape", "majority")] == 0.5).all() and wide.notna().all().all()
 

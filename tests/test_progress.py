@@ -1,4 +1,5 @@
 """utils.progress_bar: a widget in JupyterLab, plain lines without carriage returns in papermill and logs."""
+
 import io
 
 import pytest
@@ -66,8 +67,10 @@ def test_a_bar_in_a_notebook_papermill_runs_prints_plain_lines(tmp_path):
 
     from tests.test_runner import KERNEL, params, write_nb
 
-    body = ("from emotionlib.utils import progress_bar\nbar = progress_bar(5, 'demo')\n"
-            "for _ in range(5):\n    bar.update(1)\nbar.close()")
+    body = (
+        "from emotionlib.utils import progress_bar\nbar = progress_bar(5, 'demo')\n"
+        "for _ in range(5):\n    bar.update(1)\nbar.close()"
+    )
     nb = write_nb(tmp_path / "nbs" / "01_a.ipynb", body)
     pipeline.run_notebooks([nb], tmp_path / "run", params(tmp_path), kernel=KERNEL, progress=False)
     cell = nbformat.read(tmp_path / "run" / "01_a.ipynb", as_version=4).cells[-1]
@@ -82,10 +85,18 @@ def test_the_command_line_logs_its_bars_as_plain_lines(tmp_path):
     import sys
 
     run = [sys.executable, "-m", "emotionlib"]
-    synth = subprocess.run([*run, "synth", "--out", str(tmp_path / "d"), "--per-class", "4", "--size", "64"],
-                           capture_output=True, text=True, timeout=120)
-    train = subprocess.run([*run, "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--profile",
-                            "tiny"], capture_output=True, text=True, timeout=300)
+    synth = subprocess.run(
+        [*run, "synth", "--out", str(tmp_path / "d"), "--per-class", "4", "--size", "64"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    train = subprocess.run(
+        [*run, "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--profile", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert synth.returncode == 0 and train.returncode == 0, (synth.stderr + train.stderr)[-2000:]
     for err, bar in ((synth.stderr, "synth"), (train.stderr, "verifying images"), (train.stderr, "branch1")):
         assert bar in err and "\r" not in err, err[-1000:]

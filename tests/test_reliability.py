@@ -1,4 +1,5 @@
 """What happens when ... (README): bad input, interruptions, damaged and untrusted files. One test per promise."""
+
 import csv
 import json
 import os
@@ -106,24 +107,27 @@ def test_any_image_size_and_mode_gives_five_crops_of_the_right_shape(tmp_path, w
 # --- bad arguments -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--set", "data.resize=40"], "data.resize=40 must be at least data.crop=48"),
-    (["--set", "data.crop=8", "--set", "data.resize=8"], "too small"),  # the feature maps vanish
-    (["--batch-size", "1"], "batch_size"),
-    (["--set", "train.nope=1"], "has no field 'nope'"),
-    (["--set", "lr=1"], "use data.NAME"),
-    (["--profile", "fast"], "unknown profile"),
-    (["--variant", "bigru7"], "unknown variant"),
-    (["--set", "train.lr=abc"], "train.lr='abc': give a number"),  # --set values take the field's type
-    (["--set", "train.stage_epochs=abc"], "train.stage_epochs='abc': give a whole number"),
-    (["--set", "train.lr=NaN"], "give a finite number"),
-    (["--set", "data.split=[1,0,0]"], "the test fraction"),  # refused at the start, not after all the training
-    (["--set", "data.num_workers=-1"], "data.num_workers=-1"),
-    (["--device", "foo"], "device 'foo'"),
-    (["--set", "model.width=0"], "model.width=0.0"),  # not clamped to 8 channels in silence
-    (["--set", "model.width=-1"], "model.width=-1.0"),
-    (["--seed", "-1"], "train.seed=-1"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "data.resize=40"], "data.resize=40 must be at least data.crop=48"),
+        (["--set", "data.crop=8", "--set", "data.resize=8"], "too small"),  # the feature maps vanish
+        (["--batch-size", "1"], "batch_size"),
+        (["--set", "train.nope=1"], "has no field 'nope'"),
+        (["--set", "lr=1"], "use data.NAME"),
+        (["--profile", "fast"], "unknown profile"),
+        (["--variant", "bigru7"], "unknown variant"),
+        (["--set", "train.lr=abc"], "train.lr='abc': give a number"),  # --set values take the field's type
+        (["--set", "train.stage_epochs=abc"], "train.stage_epochs='abc': give a whole number"),
+        (["--set", "train.lr=NaN"], "give a finite number"),
+        (["--set", "data.split=[1,0,0]"], "the test fraction"),  # refused at the start, not after all the training
+        (["--set", "data.num_workers=-1"], "data.num_workers=-1"),
+        (["--device", "foo"], "device 'foo'"),
+        (["--set", "model.width=0"], "model.width=0.0"),  # not clamped to 8 channels in silence
+        (["--set", "model.width=-1"], "model.width=-1.0"),
+        (["--seed", "-1"], "train.seed=-1"),
+    ],
+)
 def test_bad_arguments_are_one_line_exit_2_and_write_nothing(data, tmp_path, args, needle):
     out = tmp_path / "run"
     r = cli("train", "--data", data, "--out", out, "--profile", "tiny", *args)
@@ -145,8 +149,11 @@ def test_sigkill_in_the_middle_of_a_stage_then_resume_gives_the_same_metrics(dat
     full = cli("train", "--data", data, "--out", tmp_path / "full", *args)
     assert full.returncode == 0, full.stderr
     out = tmp_path / "cut"
-    p = subprocess.Popen([sys.executable, "-m", "emotionlib", "train", "--data", str(data), "--out", str(out), *args],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "emotionlib", "train", "--data", str(data), "--out", str(out), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     summary = out / "summary.csv"
     while time.time() < deadline:  # wait until stage 2 is under way: at least 4 epochs written
@@ -205,7 +212,6 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
-
 
 
 # --- what issue 17 found: leaks, two writers, lost checkpoints, failed starts -------------------------------
@@ -286,8 +292,9 @@ def test_resume_without_any_checkpoint_but_with_epochs_is_refused(data, tmp_path
 def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_retry(data, tmp_path):
     out = tmp_path / "run"
     (tmp_path / "notes.txt").write_text("not data")
-    assert "neither a folder" in error_line(cli("train", "--data", tmp_path / "notes.txt", "--out", out,
-                                                "--profile", "tiny"))
+    assert "neither a folder" in error_line(
+        cli("train", "--data", tmp_path / "notes.txt", "--out", out, "--profile", "tiny")
+    )
     assert not out.exists()
     split = tmp_path / "split.csv"
     split.write_text("path,label,split\nfear/gone.jpg,fear,test\n")
@@ -332,10 +339,13 @@ def test_evaluating_other_data_keeps_the_runs_own_evaluation(finished, data, tmp
     assert saved["mean_tpr"] == pytest.approx(sum(present) / 2) and saved["per_class_tpr"]["awe"] is None
 
 
-@pytest.mark.parametrize("damage,needle", [
-    (lambda c: c.pop("config"), "lacks config"),
-    (lambda c: c.update(classes=c["classes"][:3]), "3 class name(s) for a model of 8 classes"),
-])
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (lambda c: c.pop("config"), "lacks config"),
+        (lambda c: c.update(classes=c["classes"][:3]), "3 class name(s) for a model of 8 classes"),
+    ],
+)
 def test_a_model_checkpoint_without_config_or_with_the_wrong_classes_is_one_line(finished, tmp_path, damage, needle):
     import shutil
 
@@ -402,8 +412,9 @@ def test_a_file_name_that_is_not_utf8_is_refused_alike_by_data_and_train(data, t
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args,needle", [(["--size", "100000"], "size=100000"),
-                                         (["--per-class", "1000000000"], "per_class=1000000000")])
+@pytest.mark.parametrize(
+    "args,needle", [(["--size", "100000"], "size=100000"), (["--per-class", "1000000000"], "per_class=1000000000")]
+)
 def test_synth_sizes_are_bounded(tmp_path, args, needle):
     assert needle in error_line(cli("synth", "--out", tmp_path / "s", *args))
     assert not (tmp_path / "s").exists()
@@ -413,17 +424,37 @@ def test_sigint_of_reproduce_gives_advice_that_holds(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    params = new_code_cell('profile = "tiny"\ndata_dir = ""\nrun_dir = ""\ndevice = "cpu"\nseed = 0\nseeds = 3\n'
-                            'threads = "cores"\noverrides = {}')
+    params = new_code_cell(
+        'profile = "tiny"\ndata_dir = ""\nrun_dir = ""\ndevice = "cpu"\nseed = 0\nseeds = 3\n'
+        'threads = "cores"\noverrides = {}'
+    )
     params.metadata["tags"] = ["parameters"]
     nb = new_notebook(cells=[params, new_code_cell("import time\nprint('started', flush=True)\ntime.sleep(60)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     (tmp_path / "nbs").mkdir()
     nbformat.write(nb, tmp_path / "nbs" / "01_wait.ipynb")
     (tmp_path / "data").mkdir()
-    p = subprocess.Popen([sys.executable, "-m", "emotionlib", "reproduce", "--notebooks", str(tmp_path / "nbs"),
-                          "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--kernel", "python3",
-                          "--profile", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "emotionlib",
+            "reproduce",
+            "--notebooks",
+            str(tmp_path / "nbs"),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "run"),
+            "--kernel",
+            "python3",
+            "--profile",
+            "tiny",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (tmp_path / "run" / "notebooks" / "01_wait.ipynb").exists():
         time.sleep(0.2)
@@ -433,5 +464,6 @@ def test_sigint_of_reproduce_gives_advice_that_holds(tmp_path):
     assert p.returncode == 130
     # the driver's own line; reproduce has no --resume flag (the kernel's ZMQ shutdown noise is not checked here)
     last = [l for l in err.splitlines() if l.startswith("emotionlib reproduce")]
-    assert last == ["emotionlib reproduce: interrupted; rerun the same command to continue (complete notebooks are "
-                    "skipped)"], err
+    assert last == [
+        "emotionlib reproduce: interrupted; rerun the same command to continue (complete notebooks are skipped)"
+    ], err

@@ -1,5 +1,6 @@
 """The notebook pipeline on tiny throwaway notebooks: parameter checks before anything runs, stopping at the
 first failure with the executed copy named, skipping complete notebooks, --force."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,10 @@ from emotionlib import pipeline as runner  # the papermill pipeline (emotionlib.
 from emotionlib.errors import ConfigError
 
 KERNEL = "python3"  # the venv's own kernel: these tests must not need `make setup`
-PARAMS_SRC = ('profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nthreads = "cores"\nseed = 0\n'
-              'seeds = 3\noverrides = {}')
+PARAMS_SRC = (
+    'profile = "smoke"\ndata_dir = "../data"\nrun_dir = "../run"\ndevice = "auto"\nthreads = "cores"\nseed = 0\n'
+    "seeds = 3\noverrides = {}"
+)
 
 
 def write_nb(path: Path, body: str, params: str | None = PARAMS_SRC, n_param_cells: int = 1) -> Path:
@@ -34,8 +37,10 @@ def write_nb(path: Path, body: str, params: str | None = PARAMS_SRC, n_param_cel
 
 
 # each notebook appends its name to run_dir/log.txt: the log says what ran, in which order
-LOG = ('from pathlib import Path\nPath(run_dir).mkdir(parents=True, exist_ok=True)\n'
-       'with open(Path(run_dir) / "log.txt", "a") as f:\n    f.write("{name} %s\\n" % seed)\nprint("ran {name}")')
+LOG = (
+    "from pathlib import Path\nPath(run_dir).mkdir(parents=True, exist_ok=True)\n"
+    'with open(Path(run_dir) / "log.txt", "a") as f:\n    f.write("{name} %s\\n" % seed)\nprint("ran {name}")'
+)
 
 
 def pipeline(folder: Path, names=("01_a", "02_b")) -> list[Path]:
@@ -43,8 +48,14 @@ def pipeline(folder: Path, names=("01_a", "02_b")) -> list[Path]:
 
 
 def params(tmp_path: Path, **kw) -> dict:
-    return {"profile": "tiny", "data_dir": str(tmp_path / "data"), "run_dir": str(tmp_path / "run"),
-            "device": "cpu", "seed": 0, **kw}
+    return {
+        "profile": "tiny",
+        "data_dir": str(tmp_path / "data"),
+        "run_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        "seed": 0,
+        **kw,
+    }
 
 
 def log(tmp_path: Path) -> list[str]:
@@ -69,10 +80,20 @@ def test_notebook_paths_refuses_an_empty_folder(tmp_path):
 
 
 def test_declared_parameters_reads_the_parameters_cell(tmp_path):
-    p = write_nb(tmp_path / "01_a.ipynb", "x = 1", params=PARAMS_SRC + '\nlimit: int = 3\na = b = 2  # chained')
-    assert runner.declared_parameters(p) == {"profile": '"smoke"', "data_dir": '"../data"', "run_dir": '"../run"',
-                                             "device": '"auto"', "threads": '"cores"', "seed": "0", "seeds": "3",
-                                             "overrides": "{}", "limit": "3", "a": "2", "b": "2"}
+    p = write_nb(tmp_path / "01_a.ipynb", "x = 1", params=PARAMS_SRC + "\nlimit: int = 3\na = b = 2  # chained")
+    assert runner.declared_parameters(p) == {
+        "profile": '"smoke"',
+        "data_dir": '"../data"',
+        "run_dir": '"../run"',
+        "device": '"auto"',
+        "threads": '"cores"',
+        "seed": "0",
+        "seeds": "3",
+        "overrides": "{}",
+        "limit": "3",
+        "a": "2",
+        "b": "2",
+    }
 
 
 @pytest.mark.parametrize("n", [0, 2])
@@ -118,10 +139,12 @@ def test_unknown_parameter_is_an_error_before_anything_runs(tmp_path):
     first = write_nb(nbs / "01_a.ipynb", LOG.format(name="01_a"), params=PARAMS_SRC + "\nlimit = 3")
     second = write_nb(nbs / "02_b.ipynb", LOG.format(name="02_b"))  # declares no `limit`
     with pytest.raises(ConfigError) as e:
-        runner.run_notebooks([first, second], tmp_path / "out", params(tmp_path, limit=5), kernel=KERNEL,
-                             progress=False)
-    assert str(e.value) == ("02_b.ipynb declares no parameter limit in its `parameters` cell; add it there or do not "
-                            "pass it")
+        runner.run_notebooks(
+            [first, second], tmp_path / "out", params(tmp_path, limit=5), kernel=KERNEL, progress=False
+        )
+    assert str(e.value) == (
+        "02_b.ipynb declares no parameter limit in its `parameters` cell; add it there or do not pass it"
+    )
     assert log(tmp_path) == [] and not (tmp_path / "out").exists()  # 01_a, which declares it, did not run either
 
 
@@ -144,7 +167,10 @@ def test_reproduce_refuses_a_seed_count_below_one(tmp_path, capsys, seeds):
 
 def test_cli_refuses_a_pipeline_parameter_passed_as_param(tmp_path, capsys):
     assert cli.main(["reproduce", "--param", "data_dir=x", "--out", str(tmp_path / "r")]) == 2
-    assert capsys.readouterr().err.strip() == "emotionlib reproduce: error: --param data_dir: use the option --data instead"
+    assert (
+        capsys.readouterr().err.strip()
+        == "emotionlib reproduce: error: --param data_dir: use the option --data instead"
+    )
 
 
 def _capture_run(monkeypatch) -> list[tuple[dict, dict]]:
@@ -160,8 +186,24 @@ def _capture_run(monkeypatch) -> list[tuple[dict, dict]]:
 def test_cli_set_reaches_every_notebooks_overrides(tmp_path, monkeypatch):
     pipeline(tmp_path / "nbs")
     seen = _capture_run(monkeypatch)
-    assert cli.main(["reproduce", "--kernel", KERNEL, "--notebooks", str(tmp_path / "nbs"), "--out",
-                     str(tmp_path / "r"), "--set", "train.stage_epochs=2", "--set", "train.optimizer=sgd"]) == 0
+    assert (
+        cli.main(
+            [
+                "reproduce",
+                "--kernel",
+                KERNEL,
+                "--notebooks",
+                str(tmp_path / "nbs"),
+                "--out",
+                str(tmp_path / "r"),
+                "--set",
+                "train.stage_epochs=2",
+                "--set",
+                "train.optimizer=sgd",
+            ]
+        )
+        == 0
+    )
     assert seen[0][0]["overrides"] == {"train.stage_epochs": 2, "train.optimizer": "sgd"}
 
 
@@ -173,15 +215,34 @@ def test_notebooks_declare_overrides_and_apply_them_to_their_configuration():
         assert code.count("runner.pipeline_config(") == code.count("**overrides)"), p.name
 
 
-@pytest.mark.parametrize("key, message", [("train.no_such=1", "TrainConfig has no field 'no_such'"),
-                                          ("train.batch_size=3", "train.batch_size=3: the contrastive loss"),
-                                          ("train.lr=abc", "--set train.lr='abc': give a number"),
-                                          ("data.mirror=1", "--set data.mirror=1: give true or false")])
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("train.no_such=1", "TrainConfig has no field 'no_such'"),
+        ("train.batch_size=3", "train.batch_size=3: the contrastive loss"),
+        ("train.lr=abc", "--set train.lr='abc': give a number"),
+        ("data.mirror=1", "--set data.mirror=1: give true or false"),
+    ],
+)
 def test_cli_refuses_a_bad_set_in_one_line_before_anything_runs(tmp_path, monkeypatch, capsys, key, message):
     pipeline(tmp_path / "nbs")
     seen = _capture_run(monkeypatch)
-    assert cli.main(["reproduce", "--kernel", KERNEL, "--notebooks", str(tmp_path / "nbs"), "--out",
-                     str(tmp_path / "r"), "--set", key]) == 2
+    assert (
+        cli.main(
+            [
+                "reproduce",
+                "--kernel",
+                KERNEL,
+                "--notebooks",
+                str(tmp_path / "nbs"),
+                "--out",
+                str(tmp_path / "r"),
+                "--set",
+                key,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("emotionlib reproduce: error: --set") and message in err and "\n" not in err
     assert seen == [] and not (tmp_path / "r").exists()
@@ -190,12 +251,24 @@ def test_cli_refuses_a_bad_set_in_one_line_before_anything_runs(tmp_path, monkey
 def test_reproduce_on_other_data_needs_the_small_dataset(tmp_path, monkeypatch, capsys):
     # else notebook 07 would report Sec. 4.4 on the built-in stand-in beside a model trained on FI
     pipeline(tmp_path / "nbs")
-    write_nb(tmp_path / "nbs" / "07_small.ipynb", "pass",
-             params=PARAMS_SRC + '\nsmall_data_dir = "x"\nlayout = "artphoto"\nfolds = 5')
+    write_nb(
+        tmp_path / "nbs" / "07_small.ipynb",
+        "pass",
+        params=PARAMS_SRC + '\nsmall_data_dir = "x"\nlayout = "artphoto"\nfolds = 5',
+    )
     seen = _capture_run(monkeypatch)
     (tmp_path / "FI").mkdir()
-    args = ["reproduce", "--kernel", KERNEL, "--notebooks", str(tmp_path / "nbs"), "--out", str(tmp_path / "r"),
-            "--data", str(tmp_path / "FI")]
+    args = [
+        "reproduce",
+        "--kernel",
+        KERNEL,
+        "--notebooks",
+        str(tmp_path / "nbs"),
+        "--out",
+        str(tmp_path / "r"),
+        "--data",
+        str(tmp_path / "FI"),
+    ]
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "is not the built-in data" in err and "--small-data DIR" in err and "\n" not in err and seen == []
@@ -220,8 +293,10 @@ def test_run_skip_and_force(tmp_path):
     assert log(tmp_path) == ["01_a 0", "02_b 0"]
     executed = nbformat.read(out / "01_a.ipynb", as_version=4)
     assert executed.metadata.papermill.parameters == p
-    assert [c.metadata.get("tags") for c in executed.cells if c.cell_type == "code"][:2] == [["parameters"],
-                                                                                          ["injected-parameters"]]
+    assert [c.metadata.get("tags") for c in executed.cells if c.cell_type == "code"][:2] == [
+        ["parameters"],
+        ["injected-parameters"],
+    ]
     assert "ran 01_a" in executed.cells[-1].outputs[0].text
 
     recs = runner.run_notebooks(paths, out, p, kernel=KERNEL, progress=False)  # complete: nothing runs
@@ -247,12 +322,25 @@ def test_failing_notebook_stops_the_run_and_names_its_executed_copy(tmp_path, ca
     write_nb(nbs / "03_after.ipynb", LOG.format(name="03_after"))
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
-    argv = ["reproduce", "--notebooks", str(nbs), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
-            "--kernel", KERNEL, "--profile", "tiny"]
+    argv = [
+        "reproduce",
+        "--notebooks",
+        str(nbs),
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--kernel",
+        KERNEL,
+        "--profile",
+        "tiny",
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # above it: the progress bar
-    assert err == ("emotionlib reproduce: error: 02_fail.ipynb failed in cell 3 (ValueError: boom); the traceback "
-                   "is in run/notebooks/02_fail.ipynb")
+    assert err == (
+        "emotionlib reproduce: error: 02_fail.ipynb failed in cell 3 (ValueError: boom); the traceback "
+        "is in run/notebooks/02_fail.ipynb"
+    )
     assert log(tmp_path) == ["01_ok 0", "02_fail 0"]  # 03 never ran
     failed = nbformat.read(tmp_path / "run" / "notebooks" / "02_fail.ipynb", as_version=4)
     errors = [o for c in failed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -271,24 +359,29 @@ def test_reproduce_passes_threads_to_the_kernels(tmp_path, monkeypatch):
     for k in ("EMOTIONLIB_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(runner, "ensure_data", lambda *a, **k: None)
-    body = ('import os\nfrom pathlib import Path\nPath(run_dir).mkdir(parents=True, exist_ok=True)\n'
-            '(Path(run_dir) / "env.txt").write_text("%s %s %s" % (threads, os.environ.get("EMOTIONLIB_THREADS"), '
-            'os.environ.get("OMP_WAIT_POLICY")))')
+    body = (
+        "import os\nfrom pathlib import Path\nPath(run_dir).mkdir(parents=True, exist_ok=True)\n"
+        '(Path(run_dir) / "env.txt").write_text("%s %s %s" % (threads, os.environ.get("EMOTIONLIB_THREADS"), '
+        'os.environ.get("OMP_WAIT_POLICY")))'
+    )
     write_nb(tmp_path / "nbs" / "01_a.ipynb", body)
     runner.reproduce("tiny", None, tmp_path / "run", KERNEL, notebooks=tmp_path / "nbs", progress=False, threads="auto")
     assert (tmp_path / "run" / "env.txt").read_text() == "auto auto PASSIVE"
     with pytest.raises(ConfigError, match="^--threads 'abc'"):
-        runner.reproduce("tiny", None, tmp_path / "run2", KERNEL, notebooks=tmp_path / "nbs", progress=False,
-                         threads="abc")
+        runner.reproduce(
+            "tiny", None, tmp_path / "run2", KERNEL, notebooks=tmp_path / "nbs", progress=False, threads="abc"
+        )
 
 
 def test_stage_lines_print_one_line_per_stage(tmp_path):
     (tmp_path / "summary.csv").write_text(
         "stage,epoch,lr,train_loss,train_acc,seconds,val_acc\n"
-        "branch1,1,0.1,2.0,0.2,1.0,nan\nbranch1,2,0.1,1.5,0.4,1.0,0.35\nfusion,1,0.01,1.0,0.6,1.0,0.5\n")
+        "branch1,1,0.1,2.0,0.2,1.0,nan\nbranch1,2,0.1,1.5,0.4,1.0,0.35\nfusion,1,0.01,1.0,0.6,1.0,0.5\n"
+    )
     assert notebook.stage_lines(tmp_path) == [
         " branch1: 2 epochs, train loss 1.500, train acc 40.0 %, val acc 35.0 %",
-        "  fusion: 1 epochs, train loss 1.000, train acc 60.0 %, val acc 50.0 %"]
+        "  fusion: 1 epochs, train loss 1.000, train acc 60.0 %, val acc 50.0 %",
+    ]
     assert notebook.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
     assert notebook.stage_lines(tmp_path, stages=["fusion"])[0].strip().startswith("fusion")
 
@@ -298,10 +391,14 @@ def test_local_parameters_reach_only_the_notebooks_that_declare_them(tmp_path):
     first = write_nb(nbs / "01_a.ipynb", LOG.format(name="01_a"), params=PARAMS_SRC + "\nfolds = 5")
     second = write_nb(nbs / "02_b.ipynb", LOG.format(name="02_b"))  # declares no `folds`
     with pytest.raises(ConfigError, match="no notebook declares the parameter nope"):
-        runner.run_notebooks([first, second], tmp_path / "out", params(tmp_path), kernel=KERNEL, progress=False,
-                             local={"nope": 1})
-    runner.run_notebooks([first, second], tmp_path / "out", params(tmp_path), kernel=KERNEL, progress=False,
-                         local={"folds": 3})
-    ran_with = [nbformat.read(tmp_path / "out" / n, as_version=4).metadata.papermill.parameters
-                for n in ("01_a.ipynb", "02_b.ipynb")]
+        runner.run_notebooks(
+            [first, second], tmp_path / "out", params(tmp_path), kernel=KERNEL, progress=False, local={"nope": 1}
+        )
+    runner.run_notebooks(
+        [first, second], tmp_path / "out", params(tmp_path), kernel=KERNEL, progress=False, local={"folds": 3}
+    )
+    ran_with = [
+        nbformat.read(tmp_path / "out" / n, as_version=4).metadata.papermill.parameters
+        for n in ("01_a.ipynb", "02_b.ipynb")
+    ]
     assert ran_with[0] == params(tmp_path, folds=3) and ran_with[1] == params(tmp_path)

@@ -1,5 +1,6 @@
 """The small-dataset protocol of Sec. 4.4: folds, one against all without leakage, TPR by hand, the exclusion of
 small classes (IAPS anger), the whole protocol on tiny data, and the command line's errors."""
+
 import csv
 from pathlib import Path
 
@@ -28,8 +29,15 @@ def pretrained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     """ArtPhoto layout, another seed and shifted nuisances; anger keeps 3 of its 5 images (like IAPS anger)."""
-    root = generate(tmp_path_factory.mktemp("small") / "art", per_class=5, size=64, seed=11, shift=0.5,
-                    layout="artphoto", progress=False)
+    root = generate(
+        tmp_path_factory.mktemp("small") / "art",
+        per_class=5,
+        size=64,
+        seed=11,
+        shift=0.5,
+        layout="artphoto",
+        progress=False,
+    )
     for k in (4, 5):
         (root / f"anger_{k}.jpg").unlink()
     return root
@@ -70,8 +78,19 @@ def test_no_test_image_is_seen_in_training():
 # A toy problem: 3 classes, 9 images. Each class's binary classifier says yes where its score is positive; the
 # n-way decision is the highest score. Image 4 (class b) is claimed by no classifier, image 6 (class c) by two.
 TOY_Y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
-TOY_SCORES = np.array([[2.0, -1, -1], [-1, 0.5, -2], [1, -1, 0.5], [-1, 1, -1], [-3, -0.5, -1],
-                       [1, -1, -2], [-1, 0.5, 2], [-2, 1, -1], [-1, -1, 1]])
+TOY_SCORES = np.array(
+    [
+        [2.0, -1, -1],
+        [-1, 0.5, -2],
+        [1, -1, 0.5],
+        [-1, 1, -1],
+        [-3, -0.5, -1],
+        [1, -1, -2],
+        [-1, 0.5, 2],
+        [-2, 1, -1],
+        [-1, -1, 1],
+    ]
+)
 TOY_FOLD = np.array([0, 1, 2, 0, 1, 0, 1, 2, 0])
 
 
@@ -96,8 +115,9 @@ def test_one_against_all_rate_by_hand_and_as_balanced_accuracy_per_class():
 
 def test_both_rates_per_class_by_hand():
     s = S.tpr_summary(TOY_Y, TOY_SCORES, TOY_FOLD, ["a", "b", "c"])
-    assert s["per_class_ova_tpr"] == pytest.approx({"a": (2 / 3 + 5 / 6) / 2, "b": (1 / 2 + 4 / 7) / 2,
-                                                    "c": (1 / 2 + 4 / 5) / 2})
+    assert s["per_class_ova_tpr"] == pytest.approx(
+        {"a": (2 / 3 + 5 / 6) / 2, "b": (1 / 2 + 4 / 7) / 2, "c": (1 / 2 + 4 / 5) / 2}
+    )
     # the n-way decisions (highest score): a b a | b b | a c b c
     assert s["per_class_recall"] == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 2 / 4})
     assert s["mean_recall"] == pytest.approx((2 / 3 + 1 + 0.5) / 3) and s["accuracy"] == pytest.approx(6 / 9)
@@ -140,7 +160,9 @@ def test_each_metric_is_labelled_with_its_chance():
 
 
 def test_classes_below_the_minimum_are_left_out_with_a_warning_naming_them(tmp_path):
-    samples = [Sample(tmp_path / f"{c}{i}.jpg", c) for c, n in (("anger", 8), ("fear", 10), ("awe", 12)) for i in range(n)]
+    samples = [
+        Sample(tmp_path / f"{c}{i}.jpg", c) for c, n in (("anger", 8), ("fear", 10), ("awe", 12)) for i in range(n)
+    ]
     index = DatasetIndex(tmp_path, ["anger", "awe", "fear"], samples)
     with pytest.warns(UserWarning, match=r"leaving out class 'anger': 8 image\(s\) < min_count=10"):
         kept, excluded = S.exclude_small_classes(index, 10)
@@ -160,8 +182,9 @@ def test_iaps_layout_leaves_out_anger_with_eight_images(tmp_path, make_image):
     rows = [f"{start + i},{code}" for code, n, start in neg for i in range(n)]
     (root / "mikels_negative.csv").write_text("IAPS,Category\n" + "\n".join(rows) + "\n")
     pos = [f"{3000 + i},5.0,1.0,2.0,3.0" for i in range(10)]
-    (root / "mikels_positive.csv").write_text("IAPS,AmusementMean,AweMean,ContentmentMean,ExcitementMean\n"
-                                              + "\n".join(pos) + "\n")
+    (root / "mikels_positive.csv").write_text(
+        "IAPS,AmusementMean,AweMean,ContentmentMean,ExcitementMean\n" + "\n".join(pos) + "\n"
+    )
     index = S.open_small_dataset(root, "iaps")
     assert index.counts() == {"amusement": 10, "anger": 8, "fear": 10}
     with pytest.warns(UserWarning, match="'anger'"):
@@ -230,10 +253,15 @@ def test_protocol_end_to_end(pretrained, small_data, tmp_path, monkeypatch):
             positive = [c in p[f"{key}:positive"].split("|") for p in preds if p["label"] == c]
             negative = [c not in p[f"{key}:positive"].split("|") for p in preds if p["label"] != c]
             ova = (np.mean(positive) + np.mean(negative)) / 2
-            assert tables["ova_tpr"].loc[r["label"], c] == pytest.approx(ova) == pytest.approx(r["per_class_ova_tpr"][c])
+            assert (
+                tables["ova_tpr"].loc[r["label"], c] == pytest.approx(ova) == pytest.approx(r["per_class_ova_tpr"][c])
+            )
             hits = [p[key] == c for p in preds if p["label"] == c]
-            assert tables["recall"].loc[r["label"], c] == pytest.approx(np.mean(hits)) \
+            assert (
+                tables["recall"].loc[r["label"], c]
+                == pytest.approx(np.mean(hits))
                 == pytest.approx(r["per_class_recall"][c])
+            )
     summary = S.summary_table(m)
     assert list(summary.index) == [*tables["ova_tpr"].index, "chance"]
     assert list(summary.loc["chance"]) == [0.5, 1 / 7]
@@ -251,20 +279,24 @@ def test_protocol_end_to_end(pretrained, small_data, tmp_path, monkeypatch):
 
 def test_arguments_are_checked_before_anything_is_written(pretrained, small_data, tmp_path):
     out = tmp_path / "o"
-    for kw, err, needle in (({"folds": 1}, ConfigError, "at least 2 folds"),
-                            ({"min_count": 3}, ConfigError, "--min-count 3 is below --folds 5"),
-                            ({"methods": ["mldrnet"]}, ConfigError, "--methods mldrnet"),
-                            ({"layout": "flickr"}, ConfigError, "--layout 'flickr'"),
-                            ({"alexnet_weights": tmp_path / "none.pth"}, Exception, "none.pth does not exist")):
+    for kw, err, needle in (
+        ({"folds": 1}, ConfigError, "at least 2 folds"),
+        ({"min_count": 3}, ConfigError, "--min-count 3 is below --folds 5"),
+        ({"methods": ["mldrnet"]}, ConfigError, "--methods mldrnet"),
+        ({"layout": "flickr"}, ConfigError, "--layout 'flickr'"),
+        ({"alexnet_weights": tmp_path / "none.pth"}, Exception, "none.pth does not exist"),
+    ):
         with pytest.raises(err, match=needle):
             S.run_small(pretrained, small_data, out, **kw)
     assert not out.exists()
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(pretrained, small_data, tmp_path, capsys):
-    cases = ((["--run", str(tmp_path / "norun"), "--data", str(small_data)], "norun does not exist"),
-             (["--run", str(pretrained), "--data", str(tmp_path / "nodata")], "nodata does not exist"),
-             (["--run", str(small_data), "--data", str(small_data)], "holds no trained model"))
+    cases = (
+        (["--run", str(tmp_path / "norun"), "--data", str(small_data)], "norun does not exist"),
+        (["--run", str(pretrained), "--data", str(tmp_path / "nodata")], "nodata does not exist"),
+        (["--run", str(small_data), "--data", str(small_data)], "holds no trained model"),
+    )
     for argv, needle in cases:
         rc = main(["small", *argv, "--out", str(tmp_path / "out")])
         err = capsys.readouterr().err.strip()

@@ -1,5 +1,6 @@
 """The built-in synthetic dataset: determinism, layouts, label noise, and - on the pixels -
 that each cue separates only its own two groups of classes while the three together name the class."""
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,11 @@ from emotionlib.errors import ConfigError
 
 
 def _hashes(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _rows(root):
@@ -34,8 +38,7 @@ def _rows(root):
 
 
 def test_class_factor_map_is_a_bijection_and_each_factor_splits_4_4():
-    assert synth.CLASSES == ("amusement", "anger", "awe", "contentment",
-                             "disgust", "excitement", "fear", "sadness")
+    assert synth.CLASSES == ("amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness")
     combos = {tuple(synth.CLASS_FACTORS[c][f] for f in synth.FACTORS) for c in synth.CLASSES}
     assert combos == set(itertools.product(*synth.FACTORS.values()))
     for f, levels in synth.FACTORS.items():
@@ -72,7 +75,7 @@ def test_object_survives_every_corner_crop():
             for shift in (0.0, 1.0):
                 _, mask, _ = synth.render(synth.CLASS_FACTORS[c], size, synth.image_rng(5, ci, i), shift)
                 for y0, x0 in [(0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop), (12, 12)]:
-                    worst = min(worst, mask[y0:y0 + crop, x0:x0 + crop].sum() / mask.sum())
+                    worst = min(worst, mask[y0 : y0 + crop, x0 : x0 + crop].sum() / mask.sum())
     assert worst > 0.85
 
 
@@ -166,11 +169,19 @@ def test_reuse_and_refusal(tmp_path):
         synth.generate(out, per_class=1, size=32, progress=False)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(per_class=0), "per_class"), (dict(per_class=2.5), "per_class"), (dict(size=31), "size"),
-    (dict(label_noise=1.0), "label_noise"), (dict(label_noise=-0.1), "label_noise"),
-    (dict(layout="iaps"), "layout"), (dict(shift=1.5), "shift"), (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(per_class=0), "per_class"),
+        (dict(per_class=2.5), "per_class"),
+        (dict(size=31), "size"),
+        (dict(label_noise=1.0), "label_noise"),
+        (dict(label_noise=-0.1), "label_noise"),
+        (dict(layout="iaps"), "layout"),
+        (dict(shift=1.5), "shift"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, name):
     with pytest.raises(ConfigError, match=f"^{name}=") as e:
         synth.generate(tmp_path / "bad", progress=False, **kwargs)
@@ -202,7 +213,7 @@ def texture_feature(img):
     window = np.outer(np.hanning(p), np.hanning(p))
     power = 0
     for y0, x0 in [(0, 0), (0, n - p), (n - p, 0), (n - p, n - p)]:
-        q = g[y0:y0 + p, x0:x0 + p]
+        q = g[y0 : y0 + p, x0 : x0 + p]
         power = power + np.abs(np.fft.fft2((q - q.mean()) * window)) ** 2
     fy, fx = np.meshgrid(np.fft.fftfreq(p), np.fft.fftfreq(p), indexing="ij")
     r, angle = np.hypot(fx, fy), np.degrees(np.arctan2(fy, fx)) % 180
@@ -232,8 +243,10 @@ def probe_set():
             feats["shape"].append(shape_feature(mask))
             labels.append(ci)
     labels = np.array(labels)
-    bits = {f: np.array([synth.FACTORS[f].index(synth.CLASS_FACTORS[synth.CLASSES[y]][f]) for y in labels])
-            for f in synth.FACTORS}
+    bits = {
+        f: np.array([synth.FACTORS[f].index(synth.CLASS_FACTORS[synth.CLASSES[y]][f]) for y in labels])
+        for f in synth.FACTORS
+    }
     return {k: np.array(v) for k, v in feats.items()}, labels, bits
 
 
@@ -265,8 +278,13 @@ def test_all_three_cues_are_needed_and_suffice(probe_set):
 
 def test_shift_moves_the_nuisances_not_the_cues():
     classes = [c for c in synth.CLASSES for _ in range(6)]
-    draws = {s: [synth.render(synth.CLASS_FACTORS[c], 64, synth.image_rng(4, synth.CLASSES.index(c), i % 6), s)
-                 for i, c in enumerate(classes)] for s in (0.0, 1.0)}
+    draws = {
+        s: [
+            synth.render(synth.CLASS_FACTORS[c], 64, synth.image_rng(4, synth.CLASSES.index(c), i % 6), s)
+            for i, c in enumerate(classes)
+        ]
+        for s in (0.0, 1.0)
+    }
     mean = lambda s, k: np.mean([d[2][k] for d in draws[s]])
     assert mean(1.0, "n_clutter") > mean(0.0, "n_clutter") + 2
     assert mean(1.0, "obj_scale") < mean(0.0, "obj_scale") - 0.02

@@ -1,5 +1,6 @@
 """The thread policy (emotionlib.threads): parsing, the environment variable, the choice, the record in the run
 folder, and what --deterministic guarantees: bit-identical results within one thread count."""
+
 import json
 import os
 
@@ -93,8 +94,26 @@ def test_one_thread_restores_the_count():
 
 def test_run_folder_records_the_thread_count(tmp_path, capsys, tiny_data):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--profile", "tiny", "--device", "cpu",
-                 "--batch-size", "16", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_data),
+                "--out",
+                str(out),
+                "--profile",
+                "tiny",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "16",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out / "run.json").read_text())["threads"]
     assert len(rec) == 1 and rec[0]["setting"] == 1 and rec[0]["intra_op"] == 1 and rec[0]["from"] == "--threads"
 

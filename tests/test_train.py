@@ -1,4 +1,5 @@
 """Multi-stage training end to end on tiny generated data: the run folder, freezing, determinism, resuming."""
+
 import json
 import shutil
 import subprocess
@@ -37,12 +38,32 @@ def base_run(tiny_data, tmp_path_factory) -> Path:
 def test_fit_writes_a_complete_run_folder(base_run):
     run = base_run
     m = json.loads((run / "metrics.json").read_text())
-    for name in ("config.json", "run.json", "split.csv", "skipped.csv", "summary.csv", "metrics.json",
-                 "predictions.csv", "checkpoints/model.pt", "checkpoints/last.pt", "checkpoints/stage-branch1.pt",
-                 "checkpoints/stage-main.pt", "checkpoints/stage-fusion.pt"):
+    for name in (
+        "config.json",
+        "run.json",
+        "split.csv",
+        "skipped.csv",
+        "summary.csv",
+        "metrics.json",
+        "predictions.csv",
+        "checkpoints/model.pt",
+        "checkpoints/last.pt",
+        "checkpoints/stage-branch1.pt",
+        "checkpoints/stage-main.pt",
+        "checkpoints/stage-fusion.pt",
+    ):
         assert (run / name).exists(), name
-    for key in ("test_accuracy", "val_accuracy", "per_class_tpr", "confusion", "classes", "variant", "profile",
-                "seed", "device"):
+    for key in (
+        "test_accuracy",
+        "val_accuracy",
+        "per_class_tpr",
+        "confusion",
+        "classes",
+        "variant",
+        "profile",
+        "seed",
+        "device",
+    ):
         assert key in m
     assert m["variant"] == "bigru" and m["profile"] == "tiny" and len(m["classes"]) == 8
     for row in m["confusion"]:
@@ -95,7 +116,9 @@ def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path, monkey
         fit(cfg, tiny_data, tmp_path / "cut", progress=False)
     fit(cfg, None, tmp_path / "cut", resume=True, progress=False)
     assert (tmp_path / "cut/metrics.json").read_text() == (tmp_path / "full/metrics.json").read_text()
-    assert (tmp_path / "cut/summary.csv").read_text().count("\n") == (tmp_path / "full/summary.csv").read_text().count("\n")
+    assert (tmp_path / "cut/summary.csv").read_text().count("\n") == (tmp_path / "full/summary.csv").read_text().count(
+        "\n"
+    )
 
 
 def test_resume_with_another_configuration_is_refused(tiny_data, tmp_path, monkeypatch):
@@ -185,12 +208,16 @@ def test_cli_train_predict_evaluate_and_errors(tiny_data, base_run, tmp_path):
     assert sum(lines[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     r = run_cli("evaluate", "--run", str(run))
     assert r.returncode == 0 and "accuracy" in json.loads(r.stdout)
-    assert json.loads(r.stdout)["accuracy"] == pytest.approx(json.loads((run / "metrics.json").read_text())["test_accuracy"])
-    for args, needle in [(("train", "--data", str(tiny_data), "--out", str(tmp_path / "x"), "--variant", "nope"), "unknown variant"),
-                         (("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "y")), "does not exist"),
-                         (("train", "--data", str(tiny_data), "--out", str(run)), "already exists"),
-                         (("train", "--data", str(tiny_data), "--out", str(tmp_path / "z"), "--profile", "huge"), "unknown profile"),
-                         (("train", "--data", str(tiny_data), "--out", str(tmp_path / "w"), "--batch-size", "3"), "batch_size")]:
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(
+        json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    )
+    for args, needle in [
+        (("train", "--data", str(tiny_data), "--out", str(tmp_path / "x"), "--variant", "nope"), "unknown variant"),
+        (("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "y")), "does not exist"),
+        (("train", "--data", str(tiny_data), "--out", str(run)), "already exists"),
+        (("train", "--data", str(tiny_data), "--out", str(tmp_path / "z"), "--profile", "huge"), "unknown profile"),
+        (("train", "--data", str(tiny_data), "--out", str(tmp_path / "w"), "--batch-size", "3"), "batch_size"),
+    ]:
         r = run_cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -207,8 +234,14 @@ def test_variants_command_lists_table1():
 def test_init_from_trains_only_what_the_base_lacks(tiny_data, base_run, tmp_path):
     base = base_run
     src = load_checkpoint(base / "checkpoints/stage-main.pt")["model"]
-    fit(tiny_cfg(**{"model.variant": "bigru6", "train.finetune_lr": 0.0}), tiny_data, tmp_path / "six",
-        split_csv=base / "split.csv", progress=False, init_from=base / "checkpoints/stage-main.pt")
+    fit(
+        tiny_cfg(**{"model.variant": "bigru6", "train.finetune_lr": 0.0}),
+        tiny_data,
+        tmp_path / "six",
+        split_csv=base / "split.csv",
+        progress=False,
+        init_from=base / "checkpoints/stage-main.pt",
+    )
     stages = [r["stage"] for r in read_summary(tmp_path / "six/summary.csv")]
     assert stages == ["branch0", "main", "fusion"]  # branch 1 is the base's, frozen: only branch 0 trains and logs
     six = load_checkpoint(tmp_path / "six/checkpoints/model.pt")["model"]
@@ -248,17 +281,21 @@ def test_one_pass_evaluation_equals_one_pass_per_head(base_run):
     assert (y == wy).all() and (idx == widx).all()
     assert set(per_head) == set(model.feature_keys)
     for k in model.feature_keys:
-        assert torch.allclose(torch.from_numpy(per_head[k]), torch.from_numpy(predict_probs(model, loader, cpu, k)[0]),
-                              atol=1e-6), k
+        assert torch.allclose(
+            torch.from_numpy(per_head[k]), torch.from_numpy(predict_probs(model, loader, cpu, k)[0]), atol=1e-6
+        ), k
     m = json.loads((base_run / "metrics.json").read_text())
-    assert m["branch_test_accuracy_after_fusion"] == {k: float((per_head[k].argmax(1) == y).mean()) for k in model.feature_keys}
+    assert m["branch_test_accuracy_after_fusion"] == {
+        k: float((per_head[k].argmax(1) == y).mean()) for k in model.feature_keys
+    }
     # centre-only scoring (train.val_crops="centre") is the centre crop, the last of the five, alone
     x, _, _ = next(iter(loader))
-    centre = predict_probs(model, [(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))], cpu,
-                           centre_only=True)[0]
+    centre = predict_probs(
+        model, [(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))], cpu, centre_only=True
+    )[0]
     alone = predict_probs(model, [(x[:, 4], torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))], cpu)[0]
     assert torch.allclose(torch.from_numpy(centre), torch.from_numpy(alone), atol=1e-6)
-    assert not torch.allclose(torch.from_numpy(centre), torch.from_numpy(want[:len(x)]), rtol=0, atol=1e-6)
+    assert not torch.allclose(torch.from_numpy(centre), torch.from_numpy(want[: len(x)]), rtol=0, atol=1e-6)
 
 
 def test_val_crops_is_checked():
