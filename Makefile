@@ -60,9 +60,11 @@ UNIT_TESTS := tests/test_model.py tests/test_losses.py tests/test_data.py tests/
 unit: setup
 	$(PY) -m pytest -m "not slow and not browser" $(UNIT_TESTS)
 
-# ruff's linter (pyproject.toml, [tool.ruff]); `make format` applies its formatter.
+# ruff's linter and formatter (pyproject.toml, [tool.ruff]): lint fails on a finding or on an unformatted file;
+# `make format` formats the tree.
 lint: setup
 	$(BIN)/ruff check emotionlib tests
+	$(BIN)/ruff format --check emotionlib tests
 
 format: setup
 	$(BIN)/ruff format emotionlib tests
