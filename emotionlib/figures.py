@@ -140,7 +140,7 @@ def plot_cue_levels(size: int = 96, seeds: tuple[int, ...] = (0, 1, 2), base: di
                 image, _, _ = synth.render({**base, cue: level}, size, np.random.default_rng([s, 99]))
                 images.append(image)
         rows[f"{cue}\n({levels[0]} | {levels[1]})"] = images
-    titles = [f"level {lv}, seed {s}" for lv in (1, 2) for s in seeds]
+    titles = [f"level {lv}\nseed {s}" for lv in (1, 2) for s in seeds]  # two lines: one fits a cell
     return plot_image_grid(rows, titles, cell)
 
 
@@ -157,6 +157,7 @@ def plot_training_curves(summary, columns: dict[str, str], stages=None, title: s
     """One panel per `columns` entry (column -> panel title) against the epoch counted across stages; each stage
     in its own colour, with a dashed line where the next one begins."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     df = summary if stages is None else summary[summary["stage"].isin(stages)]
     fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3), squeeze=False)
@@ -170,6 +171,7 @@ def plot_training_curves(summary, columns: dict[str, str], stages=None, title: s
             ax.axvline(df.loc[df["stage"] == name, "step"].min() - 0.5, color="0.6", lw=0.8, ls="--")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch (all stages)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 21.5 ticks
     axes[0][-1].legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title)
